@@ -1,0 +1,3 @@
+"""s2s: a from-scratch encoder-decoder Transformer framework."""
+
+__version__ = "0.1.0"
