@@ -1,0 +1,212 @@
+"""Train, load and save the subword tokenizer; own the special-token ids.
+
+Byte-level BPE (Radford et al. 2019, GPT-2 Sec. 2.2): every string maps to bytes first, so there is
+no unknown token and `decode(encode(t)) == t` for any Unicode text. Special tokens, fixed at the
+start of a trained vocabulary:
+
+    0 <pad>    1 </s> (end of sequence)    2 <s> (beginning)    3 <mask>
+    4.. <extra_id_0>, <extra_id_1>, ...     T5 sentinels, `num_sentinels` of them
+
+A literal `<mask>` (or `<extra_id_N>`) in input text becomes that special token. Like BART's
+mask token it swallows the space before it, so "How <mask> doing?" encodes as the same ids as a
+span masked out of "How are you doing?" by the noising functions.
+
+A pretrained `tokenizer.json` (ours, or e.g. a T5 / BART one saved by Hugging Face) can be loaded
+instead of training one; it must define a pad and an end-of-sequence token.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+PAD, EOS, BOS, MASK = "<pad>", "</s>", "<s>", "<mask>"
+
+
+def sentinel(i: int) -> str:
+    """The i-th T5 sentinel token string."""
+    return f"<extra_id_{i}>"
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How to get a tokenizer: load `path` if given, else train one on the training texts."""
+
+    path: str | None = None
+    vocab_size: int = 8192
+    num_sentinels: int = 100
+    min_frequency: int = 2
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 512:
+            raise ValueError(
+                f"tokenizer.vocab_size={self.vocab_size} must be at least 512 "
+                "(256 byte symbols + special tokens + merges)"
+            )
+        if self.num_sentinels < 0:
+            raise ValueError(f"tokenizer.num_sentinels={self.num_sentinels} must be >= 0")
+        if self.min_frequency < 1:
+            raise ValueError(f"tokenizer.min_frequency={self.min_frequency} must be >= 1")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file is missing, unreadable or lacks a token s2s needs."""
+
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` plus the ids of the special tokens s2s relies on."""
+
+    def __init__(self, backend: HFTokenizer) -> None:
+        self.backend = backend
+        vocab = backend.get_vocab(with_added_tokens=True)
+        pad = vocab.get(PAD)
+        eos = vocab.get(EOS)
+        if pad is None or eos is None:
+            missing = [t for t, i in ((PAD, pad), (EOS, eos)) if i is None]
+            raise TokenizerError(f"the tokenizer has no {' or '.join(missing)} token")
+        self.pad_id: int = pad
+        self.eos_id: int = eos
+        self.bos_id: int | None = vocab.get(BOS)
+        self.mask_id: int | None = vocab.get(MASK)
+        sentinels: list[int] = []
+        while sentinel(len(sentinels)) in vocab:
+            sentinels.append(vocab[sentinel(len(sentinels))])
+        self.sentinel_ids: list[int] = sentinels
+        self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int = 8192,
+        num_sentinels: int = 100,
+        min_frequency: int = 2,
+    ) -> Tokenizer:
+        """Train a byte-level BPE tokenizer on `texts`."""
+        config = TokenizerConfig(
+            vocab_size=vocab_size, num_sentinels=num_sentinels, min_frequency=min_frequency
+        )
+        backend = HFTokenizer(models.BPE())
+        # add_prefix_space=False keeps decode(encode(t)) == t exactly.
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        specials = [PAD, EOS, BOS, MASK] + [sentinel(i) for i in range(config.num_sentinels)]
+        trainer = trainers.BpeTrainer(
+            vocab_size=config.vocab_size,
+            min_frequency=config.min_frequency,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        backend.train_from_iterator(texts, trainer=trainer)
+        # Re-register the fill-in tokens so they absorb the space before them (see module doc).
+        backend.add_special_tokens(
+            [AddedToken(t, lstrip=True, special=True, normalized=False) for t in specials[3:]]
+        )
+        return cls(backend)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Load a `tokenizer.json` file (or a directory holding one)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise TokenizerError(f"{path}: tokenizer file not found")
+        try:
+            backend = HFTokenizer.from_file(str(path))
+        except Exception as err:  # the Rust library raises plain Exceptions
+            raise TokenizerError(f"{path}: not a valid tokenizer.json ({err})") from None
+        try:
+            return cls(backend)
+        except TokenizerError as err:
+            raise TokenizerError(f"{path}: {err}") from None
+
+    @classmethod
+    def from_config(cls, config: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
+        """Load `config.path` when given, else train on `texts`."""
+        if config.path:
+            return cls.load(config.path)
+        return cls.train(texts, config.vocab_size, config.num_sentinels, config.min_frequency)
+
+    def save(self, path: str | Path) -> Path:
+        """Write `tokenizer.json` atomically (a crash never leaves a half-written file)."""
+        path = Path(path)
+        if path.is_dir() or path.suffix != ".json":
+            path = path / "tokenizer.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tokenizer.", suffix=".tmp")
+        os.close(fd)
+        try:
+            self.backend.save(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    # -- use --------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; no special tokens are added (the data module appends EOS)."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode` for many texts at once (parallel in the Rust library)."""
+        encodings = self.backend.encode_batch(list(texts), add_special_tokens=False)
+        return [e.ids for e in encodings]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def decode_batch(
+        self, batch: Sequence[Sequence[int]], skip_special_tokens: bool = True
+    ) -> list[str]:
+        rows = [list(ids) for ids in batch]
+        return self.backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    @property
+    def special_ids(self) -> list[int]:
+        """Ids of every special token (pad, eos, bos, mask, sentinels, any others)."""
+        return sorted(
+            i for i, tok in self.backend.get_added_tokens_decoder().items() if tok.special
+        )
+
+    def word_start_table(self) -> np.ndarray:
+        """(V,) bool: True where a token begins a new word (its text starts with whitespace).
+
+        Whole-word masking (BART) treats a token as the start of a word when it carries the
+        leading space; special tokens also count as word starts.
+        """
+        table = np.zeros(self.vocab_size, dtype=bool)
+        for i in range(self.vocab_size):
+            piece = self.backend.decode([i], skip_special_tokens=False)
+            table[i] = not piece or piece[0].isspace()
+        table[self.special_ids] = True
+        return table
+
+    def sentence_end_table(self) -> np.ndarray:
+        """(V,) bool: True where a token ends a sentence ('.', '!' or '?', quotes allowed)."""
+        table = np.zeros(self.vocab_size, dtype=bool)
+        for i in range(self.vocab_size):
+            piece = self.backend.decode([i], skip_special_tokens=False).rstrip("'\"”’)] \n")
+            table[i] = piece.endswith((".", "!", "?"))
+        return table
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(vocab_size={self.vocab_size}, pad={self.pad_id}, eos={self.eos_id}, "
+            f"bos={self.bos_id}, mask={self.mask_id}, sentinels={len(self.sentinel_ids)})"
+        )

@@ -1,0 +1,49 @@
+"""Shared fixtures: small corpora, a session-wide trained tokenizer, a file writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from s2s.tokenizer import Tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+CORPUS = [
+    "How are you doing? I am doing well, thank you.",
+    "To be, or not to be, that is the question:",
+    "Whether 'tis nobler in the mind to suffer",
+    "The slings and arrows of outrageous fortune,",
+    "Or to take arms against a sea of troubles",
+    "And by opposing end them. To die: to sleep;",
+    "In the beginning God created the heaven and the earth.",
+    "And the earth was without form, and void.",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    return list(CORPUS)
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Tokenizer:
+    """A small byte-level BPE tokenizer trained on `CORPUS` (seconds, shared by all tests)."""
+    return Tokenizer.train(CORPUS, vocab_size=600, num_sentinels=8, min_frequency=2)
+
+
+@pytest.fixture
+def write(tmp_path: Path):
+    """write(name, text_or_bytes) -> Path: create a file under tmp_path."""
+
+    def _write(name: str, content: str | bytes) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        return path
+
+    return _write
