@@ -17,6 +17,7 @@ instead of training one; it must define a pad and an end-of-sequence token.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -24,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 PAD, EOS, BOS, MASK = "<pad>", "</s>", "<s>", "<mask>"
 
@@ -56,6 +57,21 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer.min_frequency={self.min_frequency} must be >= 1")
 
 
+def _only_fill_in_tokens_match_text(backend: HFTokenizer) -> HFTokenizer:
+    """Keep <pad>, </s>, <s> as plain vocabulary entries so that the same strings in a text are
+    encoded as ordinary bytes (round trip stays exact); keep <mask> and the sentinels as added
+    tokens, which match in text, and let them absorb the space before them (module doc)."""
+    data = json.loads(backend.to_str())
+    added = []
+    for token in data["added_tokens"]:
+        if token["content"] in (PAD, EOS, BOS):
+            continue
+        token.update(lstrip=True, rstrip=False, normalized=False, special=True)
+        added.append(token)
+    data["added_tokens"] = added
+    return HFTokenizer.from_str(json.dumps(data))
+
+
 class TokenizerError(ValueError):
     """A tokenizer file is missing, unreadable or lacks a token s2s needs."""
 
@@ -80,6 +96,9 @@ class Tokenizer:
             sentinels.append(vocab[sentinel(len(sentinels))])
         self.sentinel_ids: list[int] = sentinels
         self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
+        ours = [pad, eos, self.bos_id, self.mask_id, *sentinels]
+        added = [i for i, tok in backend.get_added_tokens_decoder().items() if tok.special]
+        self._special_set: frozenset[int] = frozenset(i for i in ours + added if i is not None)
 
     # -- construction -----------------------------------------------------------------------
 
@@ -108,11 +127,7 @@ class Tokenizer:
             show_progress=False,
         )
         backend.train_from_iterator(texts, trainer=trainer)
-        # Re-register the fill-in tokens so they absorb the space before them (see module doc).
-        backend.add_special_tokens(
-            [AddedToken(t, lstrip=True, special=True, normalized=False) for t in specials[3:]]
-        )
-        return cls(backend)
+        return cls(_only_fill_in_tokens_match_text(backend))
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
@@ -166,12 +181,17 @@ class Tokenizer:
         return [e.ids for e in encodings]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return self.decode_batch([ids], skip_special_tokens)[0]
 
     def decode_batch(
         self, batch: Sequence[Sequence[int]], skip_special_tokens: bool = True
     ) -> list[str]:
-        rows = [list(ids) for ids in batch]
+        """Texts of many id sequences; special tokens (pad, eos, mask, ...) dropped by default."""
+        if skip_special_tokens:
+            special = self._special_set
+            rows = [[int(i) for i in ids if int(i) not in special] for ids in batch]
+        else:
+            rows = [[int(i) for i in ids] for ids in batch]
         return self.backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)
 
     def token_to_id(self, token: str) -> int | None:
@@ -180,9 +200,7 @@ class Tokenizer:
     @property
     def special_ids(self) -> list[int]:
         """Ids of every special token (pad, eos, bos, mask, sentinels, any others)."""
-        return sorted(
-            i for i, tok in self.backend.get_added_tokens_decoder().items() if tok.special
-        )
+        return sorted(self._special_set)
 
     def word_start_table(self) -> np.ndarray:
         """(V,) bool: True where a token begins a new word (its text starts with whitespace).
