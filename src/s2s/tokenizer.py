@@ -48,13 +48,13 @@ class TokenizerConfig:
     def __post_init__(self) -> None:
         if self.vocab_size < 512:
             raise ValueError(
-                f"tokenizer.vocab_size={self.vocab_size} must be at least 512 "
+                f"data.tokenizer.vocab_size={self.vocab_size} must be at least 512 "
                 "(256 byte symbols + special tokens + merges)"
             )
         if self.num_sentinels < 0:
-            raise ValueError(f"tokenizer.num_sentinels={self.num_sentinels} must be >= 0")
+            raise ValueError(f"data.tokenizer.num_sentinels={self.num_sentinels} must be >= 0")
         if self.min_frequency < 1:
-            raise ValueError(f"tokenizer.min_frequency={self.min_frequency} must be >= 1")
+            raise ValueError(f"data.tokenizer.min_frequency={self.min_frequency} must be >= 1")
 
 
 def _only_fill_in_tokens_match_text(backend: HFTokenizer) -> HFTokenizer:

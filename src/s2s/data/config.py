@@ -1,0 +1,149 @@
+"""DataConfig: every knob of the data pipeline, mirrored field-for-field by `conf/data/*.yaml`."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import UnionType
+from typing import Any, Literal
+
+from s2s.data.noising import BartNoiseConfig, T5NoiseConfig, compute_input_and_target_lengths
+from s2s.tokenizer import TokenizerConfig
+
+Objective = Literal["bart", "t5", "none"]
+OBJECTIVES = typing.get_args(Objective)
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Settings of both objectives; `DataConfig.objective` picks which one is used."""
+
+    bart: BartNoiseConfig = field(default_factory=lambda: BartNoiseConfig(key_prefix=_BART))
+    t5: T5NoiseConfig = field(default_factory=lambda: T5NoiseConfig(key_prefix=_T5))
+
+
+_BART, _T5 = "data.noise.bart", "data.noise.t5"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it becomes batches.
+
+    objective:   how `{"Text"}` records are noised ("bart" text infilling, "t5" span
+                 corruption, "none" = plain auto-encoding); `{"Input","Target"}` pairs are
+                 always used as they are.
+    pack:        concatenate short texts and cut them into full-length rows (text records).
+    batch_size:  GLOBAL batch, in sequences per optimiser step over all devices;
+                 `micro_batch_size` (per device, per forward) defaults to batch_size / devices
+                 and gradient accumulation makes up the rest.
+    """
+
+    train_path: str
+    val_path: str | None = None
+    test_path: str | None = None
+    objective: Objective = "bart"
+    max_source_length: int = 256
+    max_target_length: int = 256
+    pack: bool = True
+    batch_size: int = 32
+    micro_batch_size: int | None = None
+    num_workers: int = 1
+    bucket_size: int = 50
+    seed: int = 0
+    cache_dir: str | None = ".cache/s2s"
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"data.objective={self.objective!r} must be one of {OBJECTIVES}")
+        for name in ("max_source_length", "max_target_length"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"data.{name}={getattr(self, name)} must be >= 2")
+        for name in ("batch_size", "bucket_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name}={getattr(self, name)} must be >= 1")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"data.micro_batch_size={self.micro_batch_size} must be >= 1")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
+        if self.objective == "t5":
+            _, targets = self.t5_lengths
+            if targets > self.max_target_length:
+                raise ValueError(
+                    f"data.max_target_length={self.max_target_length} is too short for T5 span "
+                    f"corruption of {self.max_source_length}-token inputs: targets need {targets}"
+                )
+
+    @property
+    def t5_lengths(self) -> tuple[int, int]:
+        """(raw tokens per row, target length) so T5 inputs are exactly max_source_length."""
+        t5 = self.noise.t5
+        return compute_input_and_target_lengths(
+            self.max_source_length, t5.noise_density, t5.mean_noise_span_length
+        )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DataConfig:
+        """Build from a (YAML) mapping; unknown or missing keys name the `data.*` key."""
+        return build_dataclass(cls, values, "data")
+
+
+_KEY_PREFIXED = {BartNoiseConfig: _BART, T5NoiseConfig: _T5}
+
+
+def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    """Instantiate a (nested) frozen dataclass from a mapping, with errors that name the key."""
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{prefix} must be a mapping of keys, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "key_prefix"}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown key {prefix}.{unknown[0]}; valid keys of {prefix}: {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            value = build_dataclass(hint, value, f"{prefix}.{name}")
+        else:
+            _check_type(f"{prefix}.{name}", value, hint)
+        kwargs[name] = value
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(f"missing key {prefix}.{missing[0]}")
+    if cls in _KEY_PREFIXED:
+        kwargs["key_prefix"] = prefix
+    return cls(**kwargs)
+
+
+def _check_type(key: str, value: Any, hint: Any) -> None:
+    """Reject e.g. a string where an int belongs (bool is not accepted as a number)."""
+    allowed = (
+        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, UnionType) else (hint,)
+    )
+    for option in allowed:
+        if option is type(None) and value is None:
+            return
+        if typing.get_origin(option) is Literal:
+            return  # the dataclass checks the value itself, with a better message
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if option in (int, str) and isinstance(value, option) and not isinstance(value, bool):
+            return
+        if option is bool and isinstance(value, bool):
+            return
+    names = " or ".join(
+        "null" if o is type(None) else getattr(o, "__name__", str(o)) for o in allowed
+    )
+    raise ValueError(f"{key}={value!r} must be {names}")

@@ -1,0 +1,171 @@
+"""S2SDataModule: dataset files -> tokenizer -> cached ids -> noised, bucketed, padded batches.
+
+    setup()  reads the files (either record format), gets the tokenizer (loaded from
+             `data.tokenizer.path`, given by the caller, or trained on the training texts and
+             cached), tokenises every file once (cached on disk), packs or truncates text rows,
+             and builds the datasets.
+    *_dataloader()  batches of `micro_batch_size` rows from a `BucketBatchSampler` sharded
+             over the trainer's ranks; the trainer must run with `use_distributed_sampler=False`
+             (the sampler shards itself and Lightning passes it the epoch).
+
+Text records are noised by the configured objective with a fresh mask every epoch; pairs are
+used as they are. Validation noise is fixed, so validation loss compares across epochs and runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from s2s.data.cache import TokenizedFile, fingerprint, tokenize_file
+from s2s.data.config import DataConfig
+from s2s.data.examples import PairDataset, TextDataset, collate, pack, truncate
+from s2s.data.objectives import block_length, build_objective
+from s2s.data.records import read_records
+from s2s.data.sampler import BucketBatchSampler
+from s2s.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+VALIDATION_EPOCH = -1  # the fixed noise epoch of validation and test data
+
+
+class S2SDataModule(L.LightningDataModule):
+    def __init__(self, config: DataConfig, tokenizer: Tokenizer | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self._tokenizer = tokenizer
+        self.micro_batch_size = config.micro_batch_size or config.batch_size
+        self.datasets: dict[str, Dataset] = {}
+        self.truncated: dict[str, int] = {}
+
+    # -- tokenizer ---------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer: given, loaded from data.tokenizer.path, or trained (and cached)."""
+        if self._tokenizer is None:
+            self._tokenizer = self._load_or_train_tokenizer()
+        return self._tokenizer
+
+    def _load_or_train_tokenizer(self) -> Tokenizer:
+        settings = self.config.tokenizer
+        if settings.path:
+            return Tokenizer.load(settings.path)
+        train = Path(self.config.train_path)
+        cached = None
+        if self.config.cache_dir:
+            key = fingerprint(read_bytes_checked(train), repr(settings).encode())
+            cached = Path(self.config.cache_dir) / f"tokenizer-{key}.json"
+            if cached.is_file():
+                return Tokenizer.load(cached)
+        records = read_records(train)
+        texts = records.inputs + (records.targets or [])
+        log.info("training a %d-token BPE tokenizer on %s", settings.vocab_size, train)
+        tokenizer = Tokenizer.from_config(settings, texts)
+        if cached is not None:
+            tokenizer.save(cached)
+        return tokenizer
+
+    # -- datasets ----------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {"train": self.config.train_path, "val": self.config.val_path}
+        if stage in ("test", None):
+            splits["test"] = self.config.test_path
+        for split, path in splits.items():
+            if path and split not in self.datasets:
+                self.datasets[split] = self._build(split, tokenize_file(path, *self._cache_args()))
+
+    def _cache_args(self) -> tuple[Tokenizer, str | None]:
+        return self.tokenizer, self.config.cache_dir
+
+    def _build(self, split: str, tokenized: TokenizedFile) -> Dataset:
+        cfg, tok = self.config, self.tokenizer
+        lengths = {"max_source_length": cfg.max_source_length}
+        lengths["max_target_length"] = cfg.max_target_length
+        if tokenized.targets is not None:
+            self._count_truncated(split, "Input", tokenized.inputs.lengths, cfg.max_source_length)
+            self._count_truncated(split, "Target", tokenized.targets.lengths, cfg.max_target_length)
+            return PairDataset(tokenized.inputs, tokenized.targets, eos_id=tok.eos_id, **lengths)
+        rows, block = tokenized.inputs, block_length(cfg)
+        if cfg.pack:
+            rows = pack(rows, block, separator=tok.encode("\n\n"))
+        else:
+            rows, cut = truncate(rows, block)
+            self._warn_truncated(split, "Text", cut, len(rows), block)
+        return TextDataset(
+            rows,
+            build_objective(cfg, tok),
+            seed=cfg.seed,
+            eos_id=tok.eos_id,
+            fixed_epoch=None if split == "train" else VALIDATION_EPOCH,
+            **lengths,
+        )
+
+    def _count_truncated(self, split: str, field: str, lengths, max_length: int) -> None:
+        cut = int((lengths > max_length - 1).sum())  # one place is kept for EOS
+        self._warn_truncated(split, field, cut, len(lengths), max_length - 1)
+
+    def _warn_truncated(self, split: str, field: str, cut: int, total: int, limit: int) -> None:
+        self.truncated[f"{split}/{field}"] = cut
+        if cut:
+            log.warning(
+                "%s: truncated %d of %d %s texts to %d tokens (raise data.max_source_length / "
+                "data.max_target_length to keep them whole)",
+                split,
+                cut,
+                total,
+                field,
+                limit,
+            )
+
+    # -- loaders -----------------------------------------------------------------------------
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def _loader(self, split: str, *, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise ValueError(f"data.{split}_path is not set, so there is no {split} data")
+        dataset = self.datasets[split]
+        trainer = self.trainer if self._has_trainer() else None
+        sampler = BucketBatchSampler(
+            dataset.lengths,
+            self.micro_batch_size,
+            shuffle=shuffle,
+            seed=self.config.seed,
+            bucket_size=self.config.bucket_size,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
+        workers = self.config.num_workers
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=partial(collate, pad_id=self.tokenizer.pad_id),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
+
+    def _has_trainer(self) -> bool:
+        try:
+            return self.trainer is not None
+        except RuntimeError:
+            return False
+
+
+def read_bytes_checked(path: Path) -> bytes:
+    """The bytes of a dataset file; a missing file raises the located `RecordError`."""
+    if not path.is_file():
+        read_records(path)
+    return path.read_bytes()
