@@ -1,3 +1,7 @@
 """s2s: a from-scratch encoder-decoder Transformer framework."""
 
 __version__ = "0.1.0"
+
+from s2s.config import ModelConfig
+
+__all__ = ["ModelConfig"]

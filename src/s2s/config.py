@@ -1,0 +1,212 @@
+"""ModelConfig: the one source of truth for the encoder-decoder architecture.
+
+Every field is mirrored, key for key, by the presets in `conf/model/*.yaml`. The defaults
+are the `tiny` preset: our modern recipe (pre-norm RMSNorm, SwiGLU, rotary positions, tied
+embeddings, no biases). The same fields express T5 (v1.0 and v1.1) and BART exactly; see
+`conf/model/t5_small.yaml`, `conf/model/bart_base.yaml` and `s2s.interop.hf`.
+
+The config is frozen: derive variants with `dataclasses.replace(cfg, vocab_size=...)`, which
+re-runs the validation in `__post_init__`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+POSITIONS = ("learned", "sinusoidal", "t5_relative", "rotary", "none")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
+ATTENTION_BACKENDS = ("sdpa", "math")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a `Seq2SeqTransformer`.
+
+    Sizes
+        vocab_size: token vocabulary V (usually overwritten from the tokenizer).
+        d_model: residual stream width D.
+        d_ff: feed-forward inner width (per branch for gated FFNs).
+        n_heads: attention heads H.
+        d_head: per-head width Dh; None means d_model // n_heads. T5 allows H * Dh != D.
+        n_encoder_layers, n_decoder_layers: number of layers in each stack.
+    Regularisation
+        dropout: on embeddings, residual branches and after the final norm.
+        attention_dropout: on attention probabilities.
+        activation_dropout: inside the feed-forward, after the activation.
+    Positions
+        positions: "learned" | "sinusoidal" | "t5_relative" | "rotary" | "none".
+        max_positions: rows of the learned position table (unused by other schemes).
+        relative_num_buckets, relative_max_distance: T5 relative bias buckets.
+        rotary_base: RoPE frequency base (Su et al. 2021 use 10000).
+    Blocks
+        norm: "layernorm" | "rmsnorm"; norm_eps: its epsilon.
+        norm_position: "pre" (x + f(norm(x))) or "post" (norm(x + f(x))).
+        activation: "relu" | "gelu" | "gelu_tanh" | "silu"; gated_ffn: GLU variant (GEGLU,
+        SwiGLU, ...; Shazeer 2020).
+        attention_bias, ffn_bias: biases on the attention / feed-forward projections.
+        scale_attention: divide scores by sqrt(Dh); False is T5's unscaled dot product.
+    Embeddings and head
+        scale_embeddings: multiply token embeddings by sqrt(D) (Vaswani et al. 2017, 3.4).
+        embedding_norm: norm after embeddings + positions (BART's layernorm_embedding).
+        final_norm: norm (then dropout) at the end of each stack (pre-norm models need it).
+        tie_embeddings: LM head shares the token embedding matrix.
+        scale_logits: multiply the decoder output by D**-0.5 before the head (T5 v1.0).
+        final_logits_bias: a (V,) bias buffer added to the logits (BART).
+    Special tokens
+        pad_token_id, eos_token_id, decoder_start_token_id.
+    Training
+        init_std: standard deviation of the normal initialisation (see transformer.py).
+        attention_backend: "sdpa" (torch fused kernel) or "math" (readable reference).
+        compile: wrap the model with torch.compile in the trainer.
+    """
+
+    vocab_size: int = 8192
+    d_model: int = 256
+    d_ff: int = 1024
+    n_heads: int = 4
+    d_head: int | None = None
+    n_encoder_layers: int = 3
+    n_decoder_layers: int = 3
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    positions: str = "rotary"
+    max_positions: int = 512
+    relative_num_buckets: int = 32
+    relative_max_distance: int = 128
+    rotary_base: float = 10000.0
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-6
+    norm_position: str = "pre"
+    activation: str = "silu"
+    gated_ffn: bool = True
+    attention_bias: bool = False
+    ffn_bias: bool = False
+    scale_attention: bool = True
+    scale_embeddings: bool = False
+    embedding_norm: bool = False
+    final_norm: bool = True
+    tie_embeddings: bool = True
+    scale_logits: bool = False
+    final_logits_bias: bool = False
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+    init_std: float = 0.02
+    attention_backend: str = "sdpa"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        for name in ("vocab_size", "d_model", "d_ff", "n_heads", "max_positions"):
+            _require(getattr(self, name) > 0, f"model.{name}={getattr(self, name)} must be > 0")
+        for name in ("n_encoder_layers", "n_decoder_layers"):
+            _require(getattr(self, name) >= 1, f"model.{name}={getattr(self, name)} must be >= 1")
+        if self.d_head is None:
+            _require(
+                self.d_model % self.n_heads == 0,
+                f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"
+                " (or set model.d_head explicitly)",
+            )
+        else:
+            _require(self.d_head > 0, f"model.d_head={self.d_head} must be > 0 (or null)")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            value = getattr(self, name)
+            _require(0.0 <= value < 1.0, f"model.{name}={value} must be in [0, 1)")
+        for name, allowed in (
+            ("positions", POSITIONS),
+            ("norm", NORMS),
+            ("norm_position", NORM_POSITIONS),
+            ("activation", ACTIVATIONS),
+            ("attention_backend", ATTENTION_BACKENDS),
+        ):
+            value = getattr(self, name)
+            _require(value in allowed, f"model.{name}={value!r} must be one of {list(allowed)}")
+        if self.positions == "t5_relative":
+            _require(
+                self.relative_num_buckets >= 4,
+                f"model.relative_num_buckets={self.relative_num_buckets} must be >= 4",
+            )
+            _require(
+                self.relative_max_distance > self.relative_num_buckets // 2,
+                f"model.relative_max_distance={self.relative_max_distance} must exceed"
+                f" model.relative_num_buckets // 2 = {self.relative_num_buckets // 2}",
+            )
+        if self.positions == "rotary":
+            _require(
+                self.head_dim % 2 == 0,
+                f"rotary positions need an even head width, got model.d_head={self.head_dim}",
+            )
+            _require(self.rotary_base > 1.0, f"model.rotary_base={self.rotary_base} must be > 1")
+        _require(self.norm_eps > 0, f"model.norm_eps={self.norm_eps} must be > 0")
+        _require(self.init_std > 0, f"model.init_std={self.init_std} must be > 0")
+        for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            _require(
+                0 <= value < self.vocab_size,
+                f"model.{name}={value} must be in [0, model.vocab_size={self.vocab_size})",
+            )
+
+    @property
+    def head_dim(self) -> int:
+        """The resolved per-head width Dh (`d_head`, or d_model // n_heads when unset)."""
+        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    @property
+    def inner_dim(self) -> int:
+        """Width of the concatenated heads, H * Dh."""
+        return self.n_heads * self.head_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of every field (JSON- and YAML-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: typing.Mapping[str, Any]) -> ModelConfig:
+        """Build from a mapping; unknown keys are an error, missing keys take defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**dict(values))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_types(config: ModelConfig) -> None:
+    """Reject values of the wrong type (e.g. a YAML string where a float belongs)."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        expected = hints[field.name]
+        optional = type(None) in typing.get_args(expected)
+        base = next((t for t in typing.get_args(expected) if t is not type(None)), expected)
+        if value is None and optional:
+            continue
+        if base is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif base is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, base)
+        if not ok:
+            raise TypeError(
+                f"model.{field.name}={value!r} has type {type(value).__name__},"
+                f" expected {getattr(base, '__name__', base)}"
+            )

@@ -1,0 +1,200 @@
+"""Multi-head attention (self and cross) and the one place masks are applied.
+
+Notation: B batch, T query length, S key length, D model dim, H heads, Dh head dim.
+
+MASK CONVENTION (the only one in this project): masks are bool and True means "may attend".
+A padding mask is (B, L) with True (or 1) at real tokens. `build_mask` turns padding, the
+causal constraint and an additive position bias into what the kernel wants, once per stack;
+`attend` consumes it with either torch's fused `scaled_dot_product_attention` ("sdpa") or the
+explicit softmax(QK^T)V reference ("math"). Both give the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from s2s.model.cache import LayerCache
+from s2s.model.positions import RotaryAngles
+
+
+@dataclass(frozen=True)
+class AttentionMask:
+    """What the kernel needs: an optional mask tensor and whether to apply causality itself.
+
+    `tensor` is None, a bool mask broadcastable to (B, H, T, S) (True = may attend), or a
+    float additive bias of that shape with masked entries at the dtype's minimum.
+    `is_causal` is only set when there is no tensor and T == S, so SDPA can skip the mask.
+    """
+
+    tensor: Tensor | None = None
+    is_causal: bool = False
+
+
+def build_mask(
+    padding_mask: Tensor | None,
+    *,
+    q_len: int,
+    k_len: int,
+    causal: bool,
+    bias: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+) -> AttentionMask:
+    """Combine a key padding mask (B, S), causality and an additive bias (1|B, H, T, S).
+
+    With causality and T < S (cached decoding), query i sits at position S - T + i and may
+    attend keys 0 .. S - T + i.
+    """
+    allowed = None
+    if padding_mask is not None:
+        padding_mask = padding_mask.bool()
+        if padding_mask.shape[-1] != k_len:
+            raise ValueError(f"padding mask covers {padding_mask.shape[-1]} keys, expected {k_len}")
+        if not bool(padding_mask.all()):
+            allowed = padding_mask[:, None, None, :]  # (B, 1, 1, S)
+    if causal and q_len > 1:
+        if allowed is None and bias is None and q_len == k_len:
+            return AttentionMask(is_causal=True)
+        tril = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+        tril = tril[None, None]  # (1, 1, T, S)
+        allowed = tril if allowed is None else allowed & tril
+    if bias is None:
+        return AttentionMask(tensor=allowed)
+    bias = bias.to(dtype)
+    if allowed is None:
+        return AttentionMask(tensor=bias)
+    # masked_fill (not adding -inf) keeps rows finite and never overflows.
+    return AttentionMask(tensor=bias.masked_fill(~allowed, torch.finfo(dtype).min))
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: AttentionMask,
+    *,
+    scale: float,
+    dropout: float,
+    backend: str,
+) -> Tensor:
+    """Scaled dot-product attention: q (B, H, T, Dh), k and v (B, H, S, Dh) -> (B, H, T, Dh)."""
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.tensor, dropout_p=dropout, is_causal=mask.is_causal, scale=scale
+        )
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    lowest = torch.finfo(scores.dtype).min
+    if mask.is_causal:
+        t, s = scores.shape[-2:]
+        tril = torch.ones(t, s, dtype=torch.bool, device=scores.device).tril(s - t)
+        scores = scores.masked_fill(~tril, lowest)
+    elif mask.tensor is not None and mask.tensor.dtype == torch.bool:
+        scores = scores.masked_fill(~mask.tensor, lowest)
+    elif mask.tensor is not None:
+        scores = scores + mask.tensor
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    probs = F.dropout(probs, p=dropout, training=dropout > 0.0)
+    return torch.matmul(probs, v)  # (B, H, T, Dh)
+
+
+def _split_heads(x: Tensor, n_parts: int, n_heads: int) -> list[Tensor]:
+    """(B, L, n_parts * H * Dh) -> n_parts tensors of shape (B, H, L, Dh), as views."""
+    b, length, _ = x.shape
+    x = x.view(b, length, n_parts, n_heads, -1)  # (B, L, n_parts, H, Dh)
+    x = x.permute(2, 0, 3, 1, 4)  # (n_parts, B, H, L, Dh)
+    return list(x.unbind(0))
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """(B, H, T, Dh) -> (B, T, H * Dh)."""
+    b, h, t, dh = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * dh)  # (B, T, H * Dh)
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with one fused q/k/v projection D -> 3 * H * Dh."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_head: int,
+        *,
+        bias: bool,
+        scale: bool,
+        dropout: float,
+        backend: str,
+    ) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.scale = d_head**-0.5 if scale else 1.0
+        self.dropout = dropout
+        self.backend = backend
+        self.qkv = nn.Linear(d_model, 3 * n_heads * d_head, bias=bias)
+        self.out = nn.Linear(n_heads * d_head, d_model, bias=bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: AttentionMask,
+        *,
+        rotary: RotaryAngles | None = None,
+        cache: LayerCache | None = None,
+    ) -> Tensor:
+        """x (B, T, D) -> (B, T, D). With a cache, new keys/values are appended to it."""
+        q, k, v = _split_heads(self.qkv(x), 3, self.n_heads)  # each (B, H, T, Dh)
+        if rotary is not None:
+            q, k = rotary.rotate(q), rotary.rotate(k)
+        if cache is not None:
+            k, v = cache.append_self(k, v)  # (B, H, S, Dh) with S = past + T
+        dropout = self.dropout if self.training else 0.0
+        y = attend(q, k, v, mask, scale=self.scale, dropout=dropout, backend=self.backend)
+        return self.out(_merge_heads(y))
+
+
+class CrossAttention(nn.Module):
+    """Decoder-to-encoder attention: q from D -> H * Dh, fused k/v from D -> 2 * H * Dh."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_head: int,
+        *,
+        bias: bool,
+        scale: bool,
+        dropout: float,
+        backend: str,
+    ) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.scale = d_head**-0.5 if scale else 1.0
+        self.dropout = dropout
+        self.backend = backend
+        self.q = nn.Linear(d_model, n_heads * d_head, bias=bias)
+        self.kv = nn.Linear(d_model, 2 * n_heads * d_head, bias=bias)
+        self.out = nn.Linear(n_heads * d_head, d_model, bias=bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        mask: AttentionMask,
+        *,
+        cache: LayerCache | None = None,
+    ) -> Tensor:
+        """x (B, T, D) attends memory (B, S, D). Keys/values are computed once per cache."""
+        (q,) = _split_heads(self.q(x), 1, self.n_heads)  # (B, H, T, Dh)
+        if cache is not None and cache.cross_k is not None:
+            k, v = cache.cross_k, cache.cross_v
+        else:
+            k, v = _split_heads(self.kv(memory), 2, self.n_heads)  # each (B, H, S, Dh)
+            if cache is not None:
+                cache.cross_k, cache.cross_v = k, v
+        dropout = self.dropout if self.training else 0.0
+        y = attend(q, k, v, mask, scale=self.scale, dropout=dropout, backend=self.backend)
+        return self.out(_merge_heads(y))

@@ -1,0 +1,174 @@
+"""The encoder and decoder stacks: embeddings, positions, layers, final norm.
+
+Notation: B batch, S source length, T target length, D model dim, H heads, Dh head dim.
+
+Each stack owns its own positional module (learned table, T5 bias table or rotary angles)
+and computes positions and the attention mask ONCE per forward pass, sharing them across
+all of its layers (T5 likewise keeps the relative bias only in its first layer).
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from s2s.config import ModelConfig
+from s2s.model.attention import build_mask
+from s2s.model.cache import DecoderCache
+from s2s.model.layers import DecoderLayer, EncoderLayer
+from s2s.model.norms import make_norm
+from s2s.model.positions import (
+    LearnedPositions,
+    RelativePositionBias,
+    Rotary,
+    RotaryAngles,
+    sinusoidal_positions,
+)
+
+
+class InputEmbedding(nn.Module):
+    """Token embedding (shared between stacks) * scale + absolute positions, norm, dropout."""
+
+    def __init__(self, config: ModelConfig, tokens: nn.Embedding) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.scale = math.sqrt(config.d_model) if config.scale_embeddings else 1.0
+        self.positions = config.positions
+        self.learned = (
+            LearnedPositions(config.max_positions, config.d_model)
+            if config.positions == "learned"
+            else None
+        )
+        self.norm = (
+            make_norm(config.norm, config.d_model, config.norm_eps)
+            if config.embedding_norm
+            else None
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
+        """ids (B, L) -> (B, L, D); `offset` is the absolute position of ids[:, 0]."""
+        x = self.tokens(ids)  # (B, L, D)
+        if self.scale != 1.0:
+            x = x * self.scale
+        if self.learned is not None:
+            x = x + self.learned(ids.shape[1], offset)
+        elif self.positions == "sinusoidal":
+            x = x + sinusoidal_positions(
+                ids.shape[1], x.shape[-1], offset, device=x.device, dtype=x.dtype
+            )
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+class _Stack(nn.Module):
+    """What the encoder and decoder share: embedding, relative bias or rotary, final norm."""
+
+    def __init__(self, config: ModelConfig, tokens: nn.Embedding, *, bidirectional: bool):
+        super().__init__()
+        self.embed = InputEmbedding(config, tokens)
+        self.relative_bias = (
+            RelativePositionBias(
+                config.relative_num_buckets,
+                config.relative_max_distance,
+                config.n_heads,
+                bidirectional=bidirectional,
+            )
+            if config.positions == "t5_relative"
+            else None
+        )
+        self.rotary = (
+            Rotary(config.head_dim, config.rotary_base) if config.positions == "rotary" else None
+        )
+        self.final_norm = (
+            make_norm(config.norm, config.d_model, config.norm_eps) if config.final_norm else None
+        )
+        self.final_dropout = nn.Dropout(config.dropout)
+
+    def _bias(self, q_len: int, k_len: int, offset: int) -> Tensor | None:
+        if self.relative_bias is None:
+            return None
+        return self.relative_bias(q_len, k_len, offset)  # (1, H, T, S)
+
+    def _rotary(self, length: int, offset: int, like: Tensor) -> RotaryAngles | None:
+        if self.rotary is None:
+            return None
+        return self.rotary(length, offset, device=like.device, dtype=like.dtype)
+
+    def _finish(self, x: Tensor) -> Tensor:
+        if self.final_norm is None:
+            return x
+        return self.final_dropout(self.final_norm(x))
+
+
+class Encoder(_Stack):
+    def __init__(self, config: ModelConfig, tokens: nn.Embedding) -> None:
+        super().__init__(config, tokens, bidirectional=True)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_encoder_layers))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """input_ids (B, S), attention_mask (B, S) with 1 at real tokens -> (B, S, D)."""
+        x = self.embed(input_ids)
+        s = input_ids.shape[1]
+        mask = build_mask(
+            attention_mask,
+            q_len=s,
+            k_len=s,
+            causal=False,
+            bias=self._bias(s, s, 0),
+            dtype=x.dtype,
+            device=x.device,
+        )
+        rotary = self._rotary(s, 0, x)
+        for layer in self.layers:
+            x = layer(x, mask, rotary)
+        return self._finish(x)
+
+
+class Decoder(_Stack):
+    def __init__(self, config: ModelConfig, tokens: nn.Embedding) -> None:
+        super().__init__(config, tokens, bidirectional=False)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
+
+    def forward(
+        self,
+        decoder_input_ids: Tensor,
+        encoder_hidden_states: Tensor,
+        encoder_attention_mask: Tensor | None = None,
+        decoder_attention_mask: Tensor | None = None,
+        cache: DecoderCache | None = None,
+    ) -> Tensor:
+        """Hidden states (B, T, D) for decoder_input_ids (B, T).
+
+        With a cache holding `offset` earlier positions, decoder_input_ids are the next T
+        tokens, and decoder_attention_mask (if given) covers all offset + T positions.
+        The cache is updated in place (keys/values appended, offset advanced by T).
+        """
+        offset = cache.offset if cache is not None else 0
+        t = decoder_input_ids.shape[1]
+        x = self.embed(decoder_input_ids, offset)
+        self_mask = build_mask(
+            decoder_attention_mask,
+            q_len=t,
+            k_len=offset + t,
+            causal=True,
+            bias=self._bias(t, offset + t, offset),
+            dtype=x.dtype,
+            device=x.device,
+        )
+        s = encoder_hidden_states.shape[1]
+        memory_mask = build_mask(
+            encoder_attention_mask, q_len=t, k_len=s, causal=False, device=x.device
+        )
+        rotary = self._rotary(t, offset, x)
+        layer_caches = cache.layers if cache is not None else [None] * len(self.layers)
+        for layer, layer_cache in zip(self.layers, layer_caches, strict=True):
+            x = layer(x, self_mask, encoder_hidden_states, memory_mask, rotary, layer_cache)
+        if cache is not None:
+            cache.offset = offset + t
+        return self._finish(x)
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache.empty(len(self.layers))
