@@ -30,7 +30,7 @@ from s2s.data.sampler import BucketBatchSampler
 from s2s.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
-VALIDATION_EPOCH = -1  # the fixed noise epoch of validation and test data
+VALIDATION_EPOCH = 2**32 - 1  # the fixed noise "epoch" of validation and test data (never trained)
 
 
 class S2SDataModule(L.LightningDataModule):
