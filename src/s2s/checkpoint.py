@@ -1,0 +1,84 @@
+"""What an s2s training checkpoint holds beyond Lightning's own keys, and how to read it safely.
+
+A Lightning `.ckpt` written by `s2s.pipeline.train` is a dict with (among Lightning's keys)
+
+    "state_dict"   model weights, keys prefixed with "model." (the LightningModule attribute)
+    "s2s"          {"format": 1, "model_config": ModelConfig.to_dict(), "tokenizer": JSON text}
+
+so one file is enough to rebuild the model and its tokenizer. Everything in it is plain data
+(dicts, lists, strings, numbers, tensors): `torch.load(..., weights_only=True)` reads it, and a
+file that needs unpickling of arbitrary objects is refused.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer as HFTokenizer
+
+from s2s.config import ModelConfig
+from s2s.tokenizer import Tokenizer
+
+S2S_KEY = "s2s"
+FORMAT = 1
+MODEL_PREFIX = "model."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, unsafe, or not an s2s checkpoint."""
+
+
+def metadata(config: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
+    """The "s2s" entry stored in every checkpoint."""
+    return {
+        "format": FORMAT,
+        "model_config": config.to_dict(),
+        "tokenizer": tokenizer.backend.to_str(),
+    }
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    state_dict: dict[str, torch.Tensor]  # model weights, "model." prefix removed
+    config: ModelConfig
+    tokenizer: Tokenizer
+    raw: dict[str, Any]  # the whole checkpoint (optimizer state, loops, ...)
+
+
+def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Read an s2s `.ckpt` with `weights_only=True`; clear `CheckpointError` on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{path}: refused: the checkpoint holds objects that are not plain data or "
+            f"tensors ({first})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+    if not isinstance(raw, dict) or S2S_KEY not in raw or "state_dict" not in raw:
+        raise CheckpointError(
+            f"{path}: not an s2s checkpoint (no {S2S_KEY!r} and 'state_dict' entries)"
+        )
+    meta = raw[S2S_KEY]
+    try:
+        config = ModelConfig.from_dict(meta["model_config"])
+        tokenizer = Tokenizer(HFTokenizer.from_str(meta["tokenizer"]))
+    except Exception as err:  # KeyError, a bad value, or the tokenizers library refusing
+        raise CheckpointError(f"{path}: damaged s2s metadata ({err})") from None
+    state = {
+        key[len(MODEL_PREFIX) :]: value
+        for key, value in raw["state_dict"].items()
+        if key.startswith(MODEL_PREFIX)
+    }
+    return LoadedCheckpoint(state, config, tokenizer, raw)

@@ -1,0 +1,101 @@
+"""Optimiser and learning-rate schedules (built from `conf/optimizer/` and `conf/scheduler/`).
+
+Hydra instantiates these with `_partial_: true`; the LightningModule calls the partials with the
+model (optimiser) and the optimiser (schedule).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+ScheduleKind = Literal["cosine", "linear", "inverse_sqrt", "constant"]
+
+
+def adamw(
+    model: nn.Module,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    betas: tuple[float, float] = (0.9, 0.98),
+    eps: float = 1e-8,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay (Loshchilov & Hutter 2019) on matrices only.
+
+    Norm gains, biases and embeddings (incl. position tables) are not decayed: decay pulls
+    them towards 0, which for a gain means "switch the layer off", not "simpler model".
+    """
+    if lr <= 0:
+        raise ValueError(f"optimizer.lr={lr} must be > 0")
+    if weight_decay < 0:
+        raise ValueError(f"optimizer.weight_decay={weight_decay} must be >= 0")
+    decay, no_decay = [], []
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or id(param) in embeddings:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+
+
+def lr_factor(
+    step: int, *, kind: ScheduleKind, warmup_steps: int, total_steps: int, min_ratio: float
+) -> float:
+    """Multiplier of the peak learning rate at optimiser step `step` (0-based).
+
+    Linear warm-up over `warmup_steps`, then: cosine or linear decay to `min_ratio` at
+    `total_steps`; inverse square root (Vaswani et al. 2017, Sec. 5.3); or constant.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    if kind == "inverse_sqrt":
+        return math.sqrt(max(warmup_steps, 1) / (step + 1))
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if kind == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        shape = 1.0 - progress
+    return min_ratio + (1.0 - min_ratio) * shape
+
+
+def warmup_schedule(
+    optimizer: torch.optim.Optimizer,
+    *,
+    kind: ScheduleKind = "cosine",
+    warmup_steps: int = 100,
+    total_steps: int = 1000,
+    min_ratio: float = 0.1,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step LambdaLR following `lr_factor`."""
+    if kind not in ("cosine", "linear", "inverse_sqrt", "constant"):
+        raise ValueError(
+            f"scheduler.kind={kind!r} must be one of cosine, linear, inverse_sqrt, constant"
+        )
+    if warmup_steps < 0:
+        raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
+    if kind in ("cosine", "linear") and total_steps <= 0:
+        raise ValueError(
+            f"scheduler.total_steps={total_steps} must be > 0 for a {kind} schedule "
+            "(it follows trainer.max_steps; set trainer.max_steps)"
+        )
+    if not 0 <= min_ratio <= 1:
+        raise ValueError(f"scheduler.min_ratio={min_ratio} must be in [0, 1]")
+
+    def factor(step: int) -> float:
+        return lr_factor(
+            step, kind=kind, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio
+        )
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
