@@ -1,0 +1,239 @@
+"""BART text infilling and sentence permutation (Lewis et al. 2020, Sec. 2.2), as pure functions.
+
+Same conventions as `s2s.data.noising`: raw ids of one text (1-D, no padding, no EOS), an
+explicit `numpy.random.Generator` (seed it with `noise_rng(seed, epoch, index)`).
+
+How infilling spans are sampled (`infilling_spans`); a "unit" is a token, or a whole word when
+`word_starts` is given (fairseq `DenoisingDataset.add_whole_word_mask` also counts words):
+  1. budget = round(mask_ratio * num_units): exactly this many units get masked.
+  2. Span lengths: draw Poisson(poisson_lambda) lengths until their running sum reaches the
+     budget, clip the last one so the sum equals the budget, and shuffle them (so the clipped
+     span is not always the rightmost). Length-0 spans are kept: each INSERTS one mask token.
+  3. Placement: the N = num_units - budget unmasked units and the M spans are put in a uniformly
+     random order, i.e. M distinct slots out of N + M. Spans therefore never overlap (two may
+     touch, giving two adjacent mask tokens), and every unit, the first and last included, can
+     be masked (edge units less often, as with any random-start scheme).
+Each span of length > 0 then becomes ONE mask token (fairseq `replace_length=1`); a fraction
+`random_ratio` of spans gets a random token from `random_ids` instead (fairseq `mask_random`).
+
+Notation: L text length in tokens, W number of words, M number of spans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from s2s.data.noising import NoisedExample, as_ids
+
+
+@dataclass(frozen=True, eq=False)
+class Spans:
+    """Token spans [starts[k], starts[k] + lengths[k]), sorted, non-overlapping (M,) each.
+
+    A length-0 span inserts its fill token before token starts[k] (starts[k] may equal L).
+    """
+
+    starts: np.ndarray
+    lengths: np.ndarray
+
+
+def _sample_span_lengths(
+    budget: int, poisson_lambda: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Poisson span lengths (M,) >= 0 summing exactly to `budget`, in draw order (last clipped)."""
+    if budget <= 0:
+        return np.zeros(0, dtype=np.int64)
+    chunk = int(budget / poisson_lambda * 1.25) + 8  # usually one draw suffices
+    draws = rng.poisson(poisson_lambda, size=chunk)
+    while draws.sum() < budget:
+        draws = np.concatenate([draws, rng.poisson(poisson_lambda, size=chunk)])
+    total = np.cumsum(draws)
+    last = int(np.searchsorted(total, budget))  # first index whose running sum reaches budget
+    lengths = draws[: last + 1].copy()
+    lengths[last] = budget - (total[last - 1] if last else 0)
+    return lengths
+
+
+def _place_spans(num_units: int, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Start unit (M,) of each span, for a uniformly random non-overlapping arrangement."""
+    num_spans = len(lengths)
+    num_free = num_units - int(lengths.sum())
+    slots = np.sort(rng.choice(num_free + num_spans, size=num_spans, replace=False))
+    # Span j sits after (slots[j] - j) unmasked units and after the j spans before it.
+    return slots - np.arange(num_spans) + np.cumsum(lengths) - lengths
+
+
+def _word_bounds(word_starts: np.ndarray, num_tokens: int) -> np.ndarray:
+    """Token index where each word starts, plus num_tokens at the end: (W + 1,)."""
+    word_starts = np.asarray(word_starts, dtype=bool)
+    if word_starts.shape != (num_tokens,):
+        raise ValueError(f"word_starts shape {word_starts.shape} != ids shape ({num_tokens},)")
+    bounds = np.flatnonzero(word_starts)
+    if num_tokens and (len(bounds) == 0 or bounds[0] != 0):
+        bounds = np.concatenate([[0], bounds])  # a leading word piece counts as a word
+    return np.append(bounds, num_tokens)
+
+
+def infilling_spans(
+    num_tokens: int,
+    *,
+    mask_ratio: float,
+    poisson_lambda: float,
+    rng: np.random.Generator,
+    word_starts: np.ndarray | None = None,
+) -> Spans:
+    """Sample the infilling spans of a text of `num_tokens` tokens (see the module docstring).
+
+    word_starts: (L,) bool, True where a token begins a word; given, whole words are masked.
+    """
+    if not 0 <= mask_ratio <= 1 or not poisson_lambda > 0:
+        raise ValueError(f"need 0 <= mask_ratio={mask_ratio} <= 1 and poisson_lambda > 0")
+    bounds = None if word_starts is None else _word_bounds(word_starts, num_tokens)
+    num_units = num_tokens if bounds is None else len(bounds) - 1
+    lengths = _sample_span_lengths(round(mask_ratio * num_units), poisson_lambda, rng)
+    lengths = rng.permutation(lengths)
+    starts = _place_spans(num_units, lengths, rng)
+    if bounds is None:
+        return Spans(starts=starts, lengths=lengths)
+    token_starts = bounds[starts]
+    return Spans(starts=token_starts, lengths=bounds[starts + lengths] - token_starts)
+
+
+def bart_apply_spans(ids: np.ndarray, spans: Spans, fill_ids: np.ndarray) -> np.ndarray:
+    """Replace span k of ids (L,) by the single token fill_ids[k]; length-0 spans insert it."""
+    ids = as_ids(ids)
+    starts, lengths = np.asarray(spans.starts), np.asarray(spans.lengths)
+    ends = starts + lengths
+    if len(starts) and (
+        np.any(lengths < 0)
+        or np.any(ends[:-1] > starts[1:])
+        or starts[0] < 0
+        or ends[-1] > len(ids)
+    ):
+        raise ValueError("spans must be sorted, non-overlapping and inside the text")
+    # Coverage count per token: +1 where a span starts, -1 where it ends.
+    delta = np.bincount(starts, minlength=len(ids) + 1) - np.bincount(ends, minlength=len(ids) + 1)
+    kept = np.cumsum(delta[:-1]) == 0  # (L,)
+    kept_before = np.concatenate([[0], np.cumsum(kept)])  # (L + 1,) kept tokens before index i
+    is_fill = np.zeros(int(kept.sum()) + len(starts), dtype=bool)
+    is_fill[kept_before[starts] + np.arange(len(starts))] = True
+    out = np.empty(len(is_fill), dtype=ids.dtype)
+    out[is_fill] = fill_ids
+    out[~is_fill] = ids[kept]
+    return out
+
+
+def _fill_ids(
+    num_spans: int,
+    mask_id: int,
+    random_ratio: float,
+    random_ids: np.ndarray | None,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The token (M,) that replaces each span: mask_id, or a random id with prob. random_ratio."""
+    fill = np.full(num_spans, mask_id, dtype=np.int64)
+    if random_ratio > 0:
+        if random_ids is None or len(random_ids) == 0:
+            raise ValueError("random_ratio > 0 needs a non-empty random_ids array")
+        is_random = rng.random(num_spans) < random_ratio
+        fill[is_random] = np.asarray(random_ids)[
+            rng.integers(len(random_ids), size=is_random.sum())
+        ]
+    return fill
+
+
+def _sentence_bounds(sentence_end_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the sentences, (K,) each; the tail after the last end is a sentence.
+
+    A run of end marks ("?!", "...") ends one sentence, as fairseq `permute_sentences` does.
+    """
+    marks = np.asarray(sentence_end_mask, dtype=bool)
+    if marks.ndim != 1:
+        raise ValueError(f"sentence_end_mask must be 1-D, got shape {marks.shape}")
+    if len(marks) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    last_of_run = marks.copy()
+    last_of_run[:-1] &= ~marks[1:]
+    ends = np.flatnonzero(last_of_run) + 1
+    if len(ends) == 0 or ends[-1] != len(marks):
+        ends = np.append(ends, len(marks))
+    return np.concatenate([[0], ends[:-1]]).astype(np.int64), ends
+
+
+def _sentence_order_index(starts: np.ndarray, ends: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Gather index (L,) that lays the sentences out in `order` (K,)."""
+    s, n = starts[order], ends[order] - starts[order]
+    out_starts = np.cumsum(n) - n
+    return np.repeat(s - out_starts, n) + np.arange(int(n.sum()))
+
+
+def sentence_permutation(sentence_end_mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A gather index (L,) that shuffles whole sentences (BART sentence permutation).
+
+    sentence_end_mask: (L,) bool, True on tokens that end a sentence ('.', '!', '?').
+    Apply the same index to any per-token array (e.g. word_starts) to keep it aligned.
+    """
+    starts, ends = _sentence_bounds(sentence_end_mask)
+    return _sentence_order_index(starts, ends, rng.permutation(len(starts)))
+
+
+def permute_sentences(
+    ids: np.ndarray, *, sentence_end_mask: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """ids (L,) with whole sentences shuffled; tokens inside a sentence keep their order."""
+    ids = as_ids(ids)
+    if np.shape(sentence_end_mask) != ids.shape:
+        raise ValueError("sentence_end_mask must have the shape of ids")
+    return ids[sentence_permutation(sentence_end_mask, rng)]
+
+
+def bart_text_infilling(
+    ids: np.ndarray,
+    *,
+    mask_id: int,
+    eos_id: int,
+    rng: np.random.Generator,
+    mask_ratio: float = 0.3,
+    poisson_lambda: float = 3.0,
+    word_starts: np.ndarray | None = None,
+    sentence_end_mask: np.ndarray | None = None,
+    random_ratio: float = 0.0,
+    random_ids: np.ndarray | None = None,
+    bos_id: int | None = None,
+) -> NoisedExample:
+    """BART noise for one text (L,): optional sentence permutation, then text infilling.
+
+    word_starts:       (L,) bool; given, whole words are masked and mask_ratio counts words.
+    sentence_end_mask: (L,) bool; given, sentences are shuffled first (the target is not).
+    random_ratio:      fraction of spans filled with a token drawn uniformly from random_ids
+                       (e.g. every non-special id) instead of mask_id.
+    Input: [bos_id] + noised text + [eos_id]. Target: [bos_id] + original ids + [eos_id].
+    bos_id=None adds no BOS to either (BART itself uses <s>).
+    """
+    ids = as_ids(ids)
+    for name, per_token in (("word_starts", word_starts), ("sentence_end_mask", sentence_end_mask)):
+        if per_token is not None and np.shape(per_token) != ids.shape:
+            raise ValueError(f"{name} shape {np.shape(per_token)} != ids shape {ids.shape}")
+    source = ids
+    if sentence_end_mask is not None:
+        order = sentence_permutation(sentence_end_mask, rng)
+        source = ids[order]
+        if word_starts is not None:
+            word_starts = np.asarray(word_starts, dtype=bool)[order]
+    spans = infilling_spans(
+        len(source),
+        mask_ratio=mask_ratio,
+        poisson_lambda=poisson_lambda,
+        rng=rng,
+        word_starts=word_starts,
+    )
+    fill = _fill_ids(len(spans.starts), mask_id, random_ratio, random_ids, rng)
+    noised = bart_apply_spans(source, spans, fill)
+    head = np.array([] if bos_id is None else [bos_id], dtype=ids.dtype)
+    tail = np.array([eos_id], dtype=ids.dtype)
+    return NoisedExample(
+        input_ids=np.concatenate([head, noised, tail]),
+        target_ids=np.concatenate([head, ids, tail]),
+    )
