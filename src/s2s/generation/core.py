@@ -1,0 +1,67 @@
+"""`generate`: encode once, then decode with the chosen strategy over the KV cache.
+
+Notation: B batch, S source length, L generated length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from s2s.generation.config import GenerationConfig
+from s2s.generation.search import token_by_token
+from s2s.generation.source import encode
+from s2s.model.transformer import Seq2SeqTransformer
+
+
+def generate(
+    model: Seq2SeqTransformer,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    max_new_tokens: int | None = None,
+    config: GenerationConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Generate continuations for a batch of sources.
+
+    input_ids (B, S) and attention_mask (B, S) (1 at real tokens; rows may be right-padded to
+    different lengths). `config` holds every knob (greedy by default); `max_new_tokens`, when
+    given, overrides `config.max_new_tokens`. Sampling draws from `generator` if given, else
+    from a fresh generator seeded with `config.seed`, so equal seeds give equal outputs.
+
+    Returns a (B, L) long tensor of NEW tokens only: no decoder start token (Hugging Face's
+    `generate` output starts with it), each row's EOS included, and pad after it.
+    L <= max_new_tokens is the longest row; a row without EOS was cut at max_new_tokens.
+    Beam search returns the best hypothesis per input.
+
+    Runs under `torch.no_grad` with the model in eval mode (its mode is restored afterwards).
+    """
+    config = config or GenerationConfig()
+    if max_new_tokens is not None:
+        config = dataclasses.replace(config, max_new_tokens=max_new_tokens)
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(
+            f"input_ids must be a non-empty (B, S) tensor, got {tuple(input_ids.shape)}"
+        )
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} must match input_ids "
+            f"{tuple(input_ids.shape)}"
+        )
+    if generator is None and config.strategy == "sample":
+        generator = torch.Generator(device=input_ids.device).manual_seed(config.seed)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            source = encode(model, input_ids, attention_mask)
+            if config.strategy == "beam" and config.num_beams > 1:
+                from s2s.generation.beam import beam_search
+
+                return beam_search(model, source, config)
+            return token_by_token(model, source, config, generator)
+    finally:
+        model.train(was_training)
