@@ -1,0 +1,163 @@
+"""Attention: mask building by hand, math == SDPA, fused projections, caches."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from s2s.model.attention import AttentionMask, CrossAttention, SelfAttention, attend, build_mask
+from s2s.model.cache import LayerCache
+
+LOWEST = torch.finfo(torch.float32).min
+
+
+def randn(*shape, seed=0, requires_grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen).requires_grad_(requires_grad)
+
+
+def test_padding_mask_becomes_key_mask():
+    padding = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    mask = build_mask(padding, q_len=2, k_len=3, causal=False)
+    assert mask.tensor.dtype == torch.bool and mask.tensor.shape == (2, 1, 1, 3)
+    assert mask.tensor[:, 0, 0].tolist() == [[True, True, False], [True, True, True]]
+    assert not mask.is_causal
+
+
+def test_no_padding_and_no_bias_means_no_mask():
+    assert build_mask(torch.ones(2, 4), q_len=4, k_len=4, causal=False) == AttentionMask()
+    assert build_mask(None, q_len=4, k_len=4, causal=True) == AttentionMask(is_causal=True)
+    assert build_mask(None, q_len=1, k_len=6, causal=True) == AttentionMask()  # one new query
+
+
+def test_causal_mask_with_cached_prefix_hand_worked():
+    # 2 new queries at positions 2 and 3 over 4 keys
+    mask = build_mask(None, q_len=2, k_len=4, causal=True)
+    assert mask.tensor[0, 0].tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+def test_bias_with_padding_and_causality_is_filled_with_lowest():
+    bias = torch.arange(9.0).view(1, 1, 3, 3)
+    mask = build_mask(torch.tensor([[1, 1, 0]]), q_len=3, k_len=3, causal=True, bias=bias)
+    expected = torch.tensor([[0.0, LOWEST, LOWEST], [3.0, 4.0, LOWEST], [6.0, 7.0, LOWEST]])
+    torch.testing.assert_close(mask.tensor[0, 0], expected)
+
+
+def test_math_attention_hand_worked():
+    q = torch.tensor([[[[1.0, 0.0]]]])  # (B=1, H=1, T=1, Dh=2)
+    k = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    v = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    out = attend(q, k, v, AttentionMask(), scale=1.0, dropout=0.0, backend="math")
+    p = math.e / (math.e + 1)  # softmax([1, 0])[0]
+    torch.testing.assert_close(
+        out[0, 0, 0], torch.tensor([p * 1 + (1 - p) * 3, p * 2 + (1 - p) * 4])
+    )
+    masked = AttentionMask(torch.tensor([True, False]).view(1, 1, 1, 2))
+    out = attend(q, k, v, masked, scale=1.0, dropout=0.0, backend="math")
+    torch.testing.assert_close(out[0, 0, 0], v[0, 0, 0])
+
+
+@pytest.mark.parametrize("case", ["none", "padding", "causal", "causal_prefix", "bias_padding"])
+def test_sdpa_equals_math_values_and_gradients(case):
+    b, h, t, s, dh = 2, 3, 5, 5, 8
+    padding = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    bias = randn(1, h, t, s, seed=4, requires_grad=True) if case == "bias_padding" else None
+    if case == "causal_prefix":
+        t = 2  # queries 3 and 4 of 5 keys, as after a cached prefix
+    kwargs = {
+        "none": dict(padding_mask=None, causal=False),
+        "padding": dict(padding_mask=padding, causal=False),
+        "causal": dict(padding_mask=None, causal=True),
+        "causal_prefix": dict(padding_mask=padding, causal=True),
+        "bias_padding": dict(padding_mask=padding, causal=True, bias=bias),
+    }[case]
+    results = {}
+    for backend in ("sdpa", "math"):
+        q = randn(b, h, t, dh, seed=1, requires_grad=True)
+        k = randn(b, h, s, dh, seed=2, requires_grad=True)
+        v = randn(b, h, s, dh, seed=3, requires_grad=True)
+        if bias is not None:
+            bias.grad = None
+        mask = build_mask(q_len=t, k_len=s, **kwargs)
+        out = attend(q, k, v, mask, scale=dh**-0.5, dropout=0.0, backend=backend)
+        (out * randn(*out.shape, seed=5)).sum().backward()
+        grads = [q.grad, k.grad, v.grad] + ([bias.grad.clone()] if bias is not None else [])
+        results[backend] = [out.detach(), *grads]
+    for sdpa, math_ in zip(results["sdpa"], results["math"], strict=True):
+        torch.testing.assert_close(sdpa, math_, atol=1e-5, rtol=1e-5)
+
+
+def _separate_projection_reference(attn: SelfAttention, x, scale):
+    """Self-attention with q, k, v taken as slices of the fused matrix, heads looped."""
+    d = attn.out.in_features
+    wq, wk, wv = attn.qkv.weight.split(d, dim=0)
+    q, k, v = x @ wq.T, x @ wk.T, x @ wv.T  # (B, T, H * Dh)
+    heads = []
+    for i in range(attn.n_heads):
+        cols = slice(i * d // attn.n_heads, (i + 1) * d // attn.n_heads)
+        scores = q[..., cols] @ k[..., cols].transpose(-1, -2) * scale
+        heads.append(scores.softmax(-1) @ v[..., cols])
+    return torch.cat(heads, dim=-1) @ attn.out.weight.T
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_fused_self_attention_matches_per_head_reference(scale):
+    torch.manual_seed(0)
+    attn = SelfAttention(16, 4, 4, bias=False, scale=scale, dropout=0.0, backend="sdpa")
+    x = randn(2, 5, 16)
+    expected = _separate_projection_reference(attn, x, 0.5 if scale else 1.0)
+    torch.testing.assert_close(attn(x, AttentionMask()), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_padded_keys_do_not_change_real_outputs():
+    torch.manual_seed(0)
+    attn = SelfAttention(16, 2, 8, bias=True, scale=True, dropout=0.0, backend="sdpa")
+    padding = torch.tensor([[1, 1, 1, 0, 0]])
+    mask = build_mask(padding, q_len=5, k_len=5, causal=False)
+    x = randn(1, 5, 16)
+    y = x.clone()
+    y[:, 3:] = randn(1, 2, 16, seed=9)
+    torch.testing.assert_close(attn(x, mask)[:, :3], attn(y, mask)[:, :3])
+    assert not torch.allclose(attn(x, AttentionMask())[:, :3], attn(y, AttentionMask())[:, :3])
+
+
+def test_self_attention_cache_grows_and_matches_full():
+    torch.manual_seed(0)
+    attn = SelfAttention(16, 2, 8, bias=False, scale=True, dropout=0.0, backend="math")
+    x = randn(2, 4, 16)
+    full = attn(x, build_mask(None, q_len=4, k_len=4, causal=True))
+    cache = LayerCache()
+    steps = []
+    for i in range(4):
+        mask = build_mask(None, q_len=1, k_len=i + 1, causal=True)
+        steps.append(attn(x[:, i : i + 1], mask, cache=cache))
+        assert cache.self_k.shape == (2, 2, i + 1, 8)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attention_keys_values_computed_once():
+    torch.manual_seed(0)
+    attn = CrossAttention(16, 2, 8, bias=True, scale=True, dropout=0.0, backend="sdpa")
+    x, memory = randn(2, 1, 16), randn(2, 6, 16, seed=1)
+    cache = LayerCache()
+    first = attn(x, memory, AttentionMask(), cache=cache)
+    k = cache.cross_k
+    assert k.shape == (2, 2, 6, 8)
+    # a second step ignores the memory argument and reuses the cached keys/values
+    again = attn(x, torch.zeros_like(memory), AttentionMask(), cache=cache)
+    assert cache.cross_k is k
+    torch.testing.assert_close(again, first)
+    cache.reorder(torch.tensor([1, 1]))
+    torch.testing.assert_close(cache.cross_k[0], k[1])
+
+
+def test_attention_dropout_only_in_training():
+    torch.manual_seed(0)
+    attn = SelfAttention(16, 2, 8, bias=False, scale=True, dropout=0.5, backend="math")
+    x = randn(2, 5, 16)
+    attn.eval()
+    torch.testing.assert_close(attn(x, AttentionMask()), attn(x, AttentionMask()))
+    attn.train()
+    assert not torch.allclose(attn(x, AttentionMask()), attn(x, AttentionMask()))

@@ -1,0 +1,115 @@
+"""ModelConfig: validation, serialisation, and the conf/model presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from s2s import ModelConfig
+from s2s.model import Seq2SeqTransformer
+
+PRESETS = Path(__file__).resolve().parents[1] / "conf" / "model"
+
+# Parameter counts of the presets at the vocab sizes in their YAML files.
+PRESET_PARAMETERS = {
+    "tiny": 9_179_392,
+    "small": 51_396_608,
+    "base": 204_519_936,
+    "t5_small": 60_506_624,  # HF google-t5/t5-small: 60,506,624
+    "bart_base": 139_417_344,  # HF bart-base: 139,420,416 incl. 2 unused rows x 2 tables
+}
+
+
+def load_preset(name: str) -> ModelConfig:
+    return ModelConfig.from_dict(OmegaConf.to_container(OmegaConf.load(PRESETS / f"{name}.yaml")))
+
+
+def test_defaults_are_valid_and_resolve_head_dim():
+    cfg = ModelConfig()
+    assert cfg.head_dim == cfg.d_model // cfg.n_heads
+    assert ModelConfig(d_model=48, n_heads=3, d_head=20).inner_dim == 60
+
+
+def test_indivisible_d_model_names_both_fields():
+    with pytest.raises(
+        ValueError, match=r"model\.d_model=500 must be divisible by model\.n_heads=8"
+    ):
+        ModelConfig(d_model=500, n_heads=8)
+    assert ModelConfig(d_model=500, n_heads=8, d_head=64).inner_dim == 512  # T5-style: allowed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"positions": "alibi"}, r"model\.positions='alibi' must be one of"),
+        ({"norm": "batchnorm"}, r"model\.norm='batchnorm'"),
+        ({"norm_position": "middle"}, r"model\.norm_position='middle'"),
+        ({"activation": "tanh"}, r"model\.activation='tanh'"),
+        ({"attention_backend": "flash"}, r"model\.attention_backend='flash'"),
+        ({"dropout": 1.0}, r"model\.dropout=1\.0 must be in \[0, 1\)"),
+        ({"attention_dropout": -0.1}, r"model\.attention_dropout=-0\.1"),
+        ({"n_encoder_layers": 0}, r"model\.n_encoder_layers=0 must be >= 1"),
+        ({"vocab_size": 0}, r"model\.vocab_size=0 must be > 0"),
+        ({"pad_token_id": 8192}, r"model\.pad_token_id=8192 must be in \[0, model\.vocab_size"),
+        ({"positions": "rotary", "d_model": 12, "n_heads": 4}, r"even head width"),
+        ({"positions": "t5_relative", "relative_max_distance": 8}, r"relative_max_distance=8"),
+        ({"norm_eps": 0.0}, r"model\.norm_eps=0\.0 must be > 0"),
+    ],
+)
+def test_invalid_values_raise_naming_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**overrides)
+
+
+def test_wrong_types_raise():
+    with pytest.raises(TypeError, match=r"model\.norm_eps='1e-6' has type str"):
+        ModelConfig(norm_eps="1e-6")
+    with pytest.raises(TypeError, match=r"model\.d_model=True"):
+        ModelConfig(d_model=True)
+    with pytest.raises(TypeError, match=r"model\.gated_ffn=1"):
+        ModelConfig(gated_ffn=1)
+
+
+def test_dict_and_json_round_trip():
+    cfg = ModelConfig(d_model=48, n_heads=3, d_head=20, positions="t5_relative")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    assert set(cfg.to_dict()) == {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def test_from_dict_rejects_unknown_keys_listing_them():
+    with pytest.raises(ValueError, match=r"unknown model config keys \['hidden', 'num_heads'\]"):
+        ModelConfig.from_dict({"d_model": 64, "num_heads": 4, "hidden": 3})
+
+
+def test_replace_sets_tokenizer_fields_and_revalidates():
+    cfg = dataclasses.replace(
+        ModelConfig(), vocab_size=600, pad_token_id=3, eos_token_id=2, decoder_start_token_id=3
+    )
+    assert (cfg.vocab_size, cfg.pad_token_id) == (600, 3)
+    with pytest.raises(ValueError, match=r"model\.eos_token_id=700"):
+        dataclasses.replace(cfg, eos_token_id=700)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.vocab_size = 5  # type: ignore[misc]
+
+
+def test_tiny_preset_is_the_default_config():
+    assert load_preset("tiny") == ModelConfig()
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_PARAMETERS))
+def test_preset_mirrors_config_and_builds_model_of_recorded_size(name):
+    raw = OmegaConf.to_container(OmegaConf.load(PRESETS / f"{name}.yaml"))
+    assert list(raw) == [f.name for f in dataclasses.fields(ModelConfig)]
+    cfg = ModelConfig.from_dict(raw)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = Seq2SeqTransformer(cfg)
+    assert sum(p.numel() for p in model.parameters()) == PRESET_PARAMETERS[name]
+
+
+def test_every_preset_file_is_checked():
+    assert {p.stem for p in PRESETS.glob("*.yaml")} == set(PRESET_PARAMETERS)

@@ -1,0 +1,138 @@
+"""Norms, feed-forward and encoder/decoder layers."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from model_fixtures import tiny_config
+
+from s2s.model.attention import AttentionMask, build_mask
+from s2s.model.feedforward import FeedForward
+from s2s.model.layers import DecoderLayer, EncoderLayer
+from s2s.model.norms import LayerNorm, RMSNorm
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_layernorm_matches_torch():
+    norm = LayerNorm(8, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(randn(8, seed=1))
+        norm.bias.copy_(randn(8, seed=2))
+    x = randn(3, 4, 8) * 5 + 2
+    expected = F.layer_norm(x, (8,), norm.weight, norm.bias, eps=1e-5)
+    torch.testing.assert_close(norm(x), expected)
+
+
+def test_rmsnorm_hand_worked_and_matches_torch():
+    norm = RMSNorm(2, eps=0.0)
+    # rms of (3, 4) is sqrt(12.5)
+    torch.testing.assert_close(norm(torch.tensor([3.0, 4.0])), torch.tensor([3.0, 4.0]) / 12.5**0.5)
+    norm = RMSNorm(8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(randn(8, seed=1))
+    x = randn(3, 4, 8) * 5 + 2  # no mean subtraction: the offset matters
+    torch.testing.assert_close(norm(x), F.rms_norm(x, (8,), norm.weight, eps=1e-6))
+
+
+@pytest.mark.parametrize("norm_cls", [LayerNorm, RMSNorm])
+def test_norms_keep_half_dtype(norm_cls):
+    x = randn(2, 8).to(torch.bfloat16) * 100
+    y = norm_cls(8, eps=1e-6).to(torch.bfloat16)(x)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+
+
+ACTIVATIONS = {
+    "relu": torch.relu,
+    "gelu": lambda x: 0.5 * x * (1 + torch.erf(x / 2**0.5)),
+    "gelu_tanh": lambda x: (
+        0.5 * x * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3)))
+    ),
+    "silu": lambda x: x * torch.sigmoid(x),
+}
+
+
+@pytest.mark.parametrize(
+    ("activation", "gated"), list(itertools.product(ACTIVATIONS, [False, True]))
+)
+def test_feedforward_matches_formula(activation, gated):
+    torch.manual_seed(0)
+    ffn = FeedForward(8, 12, activation=activation, gated=gated, bias=True, dropout=0.0)
+    x = randn(2, 3, 8)
+    act = ACTIVATIONS[activation]
+    h = x @ ffn.wi.weight.T + ffn.wi.bias
+    if gated:  # rows [0, F) are the gate, rows [F, 2F) the linear "up" branch
+        h = act(h[..., :12]) * h[..., 12:]
+    else:
+        h = act(h)
+    expected = h @ ffn.wo.weight.T + ffn.wo.bias
+    torch.testing.assert_close(ffn(x), expected, atol=1e-5, rtol=1e-5)
+    assert ffn.wi.weight.shape == ((24 if gated else 12), 8)
+
+
+def test_feedforward_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
+        FeedForward(8, 12, activation="tanh", gated=False, bias=False, dropout=0.0)
+
+
+def _run_layers(config, seed=0):
+    torch.manual_seed(seed)
+    enc, dec = EncoderLayer(config), DecoderLayer(config)
+    x, memory = randn(2, 5, 32, seed=1), randn(2, 6, 32, seed=2)
+    causal = build_mask(None, q_len=5, k_len=5, causal=True)
+    y = dec(x, causal, enc(memory, AttentionMask(), None), AttentionMask(), None)
+    return enc, dec, y
+
+
+@pytest.mark.parametrize(
+    ("norm", "norm_position", "activation", "gated"),
+    [
+        *itertools.product(["layernorm", "rmsnorm"], ["pre", "post"], ["relu"], [False]),
+        *itertools.product(["rmsnorm"], ["pre"], ACTIVATIONS, [True, False]),
+    ],
+)
+def test_every_norm_and_activation_runs_forward_and_backward(
+    norm, norm_position, activation, gated
+):
+    config = tiny_config(
+        norm=norm,
+        norm_position=norm_position,
+        activation=activation,
+        gated_ffn=gated,
+        attention_bias=True,
+        ffn_bias=True,
+    )
+    enc, dec, y = _run_layers(config)
+    assert y.shape == (2, 5, 32) and torch.isfinite(y).all()
+    y.square().mean().backward()
+    for name, p in [*enc.named_parameters(), *dec.named_parameters()]:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_post_norm_outputs_are_normalised_and_pre_norm_are_not():
+    _, _, post = _run_layers(tiny_config(norm="layernorm", norm_position="post"))
+    torch.testing.assert_close(post.mean(-1), torch.zeros(2, 5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(post.var(-1, unbiased=False), torch.ones(2, 5), atol=1e-3, rtol=0)
+    _, _, pre = _run_layers(tiny_config(norm="layernorm", norm_position="pre"))
+    assert pre.mean(-1).abs().max() > 1e-2  # the residual stream itself is not normalised
+
+
+def test_layer_dropout_active_only_in_training_and_zero_is_identity():
+    config = tiny_config(dropout=0.3, attention_dropout=0.3, activation_dropout=0.3)
+    enc = EncoderLayer(config)
+    x = randn(2, 5, 32)
+    enc.train()
+    assert not torch.allclose(enc(x, AttentionMask(), None), enc(x, AttentionMask(), None))
+    enc.eval()
+    torch.testing.assert_close(enc(x, AttentionMask(), None), enc(x, AttentionMask(), None))
+    torch.manual_seed(0)
+    no_dropout = EncoderLayer(tiny_config(dropout=0.0)).train()
+    torch.testing.assert_close(
+        no_dropout(x, AttentionMask(), None), no_dropout.eval()(x, AttentionMask(), None)
+    )
