@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from s2s.bundle import load_pretrained as load_pretrained
 from s2s.config import ModelConfig
 
 __all__ = ["ModelConfig"]
