@@ -59,20 +59,25 @@ def from_hf(source: PreTrainedModel | str | os.PathLike) -> Seq2SeqTransformer:
     """A Seq2SeqTransformer with the weights of an HF T5 / BART model or local directory."""
     hf = _load_local(source) if isinstance(source, (str, os.PathLike)) else source
     if isinstance(hf, T5ForConditionalGeneration):
-        _check_shared_token_embedding(hf)
-        config = _t5_config(hf.config, tied=_is_tied(hf.lm_head, hf.shared))
-        model = Seq2SeqTransformer(config)
-        pairs = _t5_pairs(model, hf)
+        make_config, make_pairs, inner = _t5_config, _t5_pairs, hf
     elif isinstance(hf, BartForConditionalGeneration):
-        _check_shared_token_embedding(hf)
-        config = _bart_config(hf.config, tied=_is_tied(hf.lm_head, hf.model.shared))
-        model = Seq2SeqTransformer(config)
-        pairs = _bart_pairs(model, hf)
+        make_config, make_pairs, inner = _bart_config, _bart_pairs, hf.model
     else:
         raise TypeError(
             f"from_hf supports T5ForConditionalGeneration and BartForConditionalGeneration,"
             f" got {type(hf).__name__}"
         )
+    # Our stacks share one token embedding; transformers 5 builds three when untied.
+    if not all(
+        torch.equal(inner.shared.weight, stack.embed_tokens.weight)
+        for stack in (inner.encoder, inner.decoder)
+    ):
+        raise ValueError(
+            "from_hf: the encoder and decoder token embeddings differ from the shared one;"
+            " Seq2SeqTransformer shares a single token embedding between its stacks"
+        )
+    model = Seq2SeqTransformer(make_config(hf.config, tied=_is_tied(hf.lm_head, inner.shared)))
+    pairs = make_pairs(model, hf)
     with torch.no_grad():
         for ours, theirs in pairs:
             _check_shape(ours, theirs)
@@ -155,17 +160,6 @@ def _load_local(path: str | os.PathLike) -> PreTrainedModel:
     if model_type not in classes:
         raise ValueError(f"{path}: model_type {model_type!r} is not supported (t5 or bart)")
     return classes[model_type].from_pretrained(path, local_files_only=True)
-
-
-def _check_shared_token_embedding(hf: PreTrainedModel) -> None:
-    """Our stacks share one token embedding; HF may hold three (e.g. BART untied in v5)."""
-    inner = hf.model if isinstance(hf, BartForConditionalGeneration) else hf
-    stacks = (inner.encoder.embed_tokens.weight, inner.decoder.embed_tokens.weight)
-    if not all(torch.equal(inner.shared.weight, table) for table in stacks):
-        raise ValueError(
-            "from_hf: the encoder and decoder token embeddings differ from the shared one;"
-            " Seq2SeqTransformer shares a single token embedding between its stacks"
-        )
 
 
 def _is_tied(head: nn.Linear, embedding: nn.Embedding) -> bool:

@@ -54,7 +54,9 @@ def build_mask(
         padding_mask = padding_mask.bool()
         if padding_mask.shape[-1] != k_len:
             raise ValueError(f"padding mask covers {padding_mask.shape[-1]} keys, expected {k_len}")
-        if not bool(padding_mask.all()):
+        # An all-real batch needs no mask, which lets SDPA use is_causal or no mask at all.
+        # (Skipped under torch.compile, where the data-dependent branch would break the graph.)
+        if torch.compiler.is_compiling() or not bool(padding_mask.all()):
             allowed = padding_mask[:, None, None, :]  # (B, 1, 1, S)
     if causal and q_len > 1:
         if allowed is None and bias is None and q_len == k_len:
