@@ -1,0 +1,192 @@
+"""What `python generate.py` does: one prompt, an interactive session, or a whole file.
+
+`main(cfg)` turns every expected failure (missing or unsafe checkpoint, incomplete bundle,
+bad dataset file, invalid knob, empty prompt) into one `error: ...` line on stderr and exit
+status 1; `run(cfg)` is the same without that wrapper, for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from s2s.generation.config import GenerationConfig
+from s2s.generation.text import TextGenerator
+
+QUIT = ":q"
+FREE_TEXT_KEYS = ("prompt",)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Prompts read from an input file, with targets when the file has them."""
+
+    inputs: list[str]
+    targets: list[str] | None
+
+
+def main(cfg: DictConfig) -> int:
+    """Run and map expected errors to a one-line message; returns the exit status."""
+    try:
+        run(cfg)
+    except (ValueError, OSError, OmegaConfBaseException) as err:
+        message = " ".join(str(err).split())
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
+def quote_free_text(argv: Sequence[str]) -> list[str]:
+    """Command-line arguments with `prompt=...` values wrapped in Hydra quotes.
+
+    Hydra's override grammar rejects unquoted `<`, `>` and more, so `prompt="How <mask>
+    doing?"` would fail to parse; quoting it here lets users type prompts as plain text.
+    Inside the quotes, quotes and backslashes before them are escaped, and `${` is escaped so
+    that OmegaConf does not read it as an interpolation. Already quoted values are left as is.
+    """
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        already_quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+        if key in FREE_TEXT_KEYS and sep and value and not already_quoted:
+            value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)
+            value = value.replace("'", "\\'").replace("${", "\\${")
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
+
+
+def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise ValueError("no checkpoint given: python generate.py ckpt=PATH (.ckpt or bundle)")
+    config = GenerationConfig.from_dict(OmegaConf.to_container(cfg.generate, resolve=True))
+    if cfg.prompt is not None and cfg.input_file is not None:
+        raise ValueError("give either prompt= or input_file=, not both")
+    if cfg.prompt is not None and not str(cfg.prompt).strip():
+        raise ValueError("prompt is empty: give some text, e.g. prompt='How <mask> doing?'")
+    if cfg.input_file is not None and cfg.output_file is None:
+        raise ValueError("input_file= needs output_file= (where the JSON Lines go)")
+    if int(cfg.batch_size) < 1:
+        raise ValueError(f"batch_size={cfg.batch_size} must be >= 1")
+    prompts = read_prompts(Path(cfg.input_file)) if cfg.input_file is not None else None
+
+    from s2s.bundle import load_pretrained  # torch and the model: after the cheap checks
+
+    model, tokenizer = load_pretrained(cfg.ckpt)
+    generator = TextGenerator(
+        model,
+        tokenizer,
+        config,
+        add_bos=bool(cfg.add_bos),
+        max_source_length=cfg.max_source_length,
+        device=str(cfg.device),
+    )
+    if cfg.prompt is not None:
+        print(generator([str(cfg.prompt)])[0], file=stdout)
+    elif prompts is not None:
+        generate_file(generator, prompts, Path(cfg.output_file), int(cfg.batch_size), stdout)
+    else:
+        interactive(generator, stdin, stdout)
+
+
+def read_prompts(path: Path) -> Prompts:
+    """A dataset file in either record format, or plain text with one prompt a line."""
+    from s2s.data.records import RecordError, read_records
+
+    if not path.is_file():
+        raise RecordError(path, "file not found")
+    text = path.read_text(encoding="utf-8-sig")
+    if text.lstrip()[:1] in ("[", "{"):
+        records = read_records(path)
+        return Prompts(list(records.inputs), records.targets)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise RecordError(path, "no prompts: the file is empty")
+    return Prompts(lines, None)
+
+
+def generate_file(
+    generator: TextGenerator, prompts: Prompts, output: Path, batch_size: int, stdout: TextIO
+) -> None:
+    """Generate for every prompt (progress bar on stderr), write JSON Lines, print metrics."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task("generating", total=len(prompts.inputs))
+        outputs = generator.run_batches(
+            prompts.inputs, batch_size, lambda n: progress.advance(task, n)
+        )
+    write_jsonl(output, prompts, outputs)
+    print(f"wrote {len(outputs)} outputs to {output}", file=stdout)
+    if prompts.targets is not None:
+        print(format_metrics(outputs, prompts.targets), file=stdout)
+
+
+def write_jsonl(path: Path, prompts: Prompts, outputs: Sequence[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for i, (source, output) in enumerate(zip(prompts.inputs, outputs, strict=True)):
+            row = {"input": source, "output": output}
+            if prompts.targets is not None:
+                row["target"] = prompts.targets[i]
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def format_metrics(outputs: Sequence[str], targets: Sequence[str]) -> str:
+    """Corpus BLEU (Papineni et al. 2002) and chrF (Popović 2015) via sacrebleu, and the
+    percentage of outputs equal to their target (surrounding whitespace ignored)."""
+    import sacrebleu
+
+    bleu = sacrebleu.corpus_bleu(list(outputs), [list(targets)]).score
+    chrf = sacrebleu.corpus_chrf(list(outputs), [list(targets)]).score
+    exact = sum(o.strip() == t.strip() for o, t in zip(outputs, targets, strict=True))
+    return (
+        f"BLEU {bleu:.2f}  chrF {chrf:.2f}  exact match {100 * exact / len(targets):.1f}% "
+        f"({exact}/{len(targets)})"
+    )
+
+
+def interactive(generator: TextGenerator, stdin: TextIO, stdout: TextIO) -> None:
+    """Read a prompt a line, print the answer; `:q` or end of input (Ctrl-D) quits.
+
+    On a terminal a `> ` prompt and a hint are shown; through a pipe only answers are
+    printed, one line each, so the output can be read by another program.
+    """
+    tty = stdin.isatty()
+    if tty:
+        print(f"Type text (<mask> marks a blank). {QUIT} or Ctrl-D quits.", file=sys.stderr)
+    while True:
+        line = _read_line(stdin, tty)
+        if line is None or line.strip() == QUIT:
+            return
+        if not line.strip():
+            continue
+        print(generator([line.strip()])[0], file=stdout, flush=True)
+
+
+def _read_line(stdin: TextIO, tty: bool) -> str | None:
+    """The next line without its newline, or None at end of input."""
+    if tty and stdin is sys.stdin:
+        try:
+            return input("> ")  # line editing and history on a terminal
+        except EOFError:
+            print(file=sys.stderr)
+            return None
+    line = stdin.readline()
+    return None if line == "" else line.rstrip("\n")
