@@ -201,6 +201,10 @@ def test_to_hf_model_survives_save_pretrained(tmp_path):
 
 def test_presets_equal_configs_converted_from_hf():
     assert config_from_hf(T5Config()) == load_preset("t5_small")
+    with torch.device("meta"):
+        hf_count = sum(p.numel() for p in T5ForConditionalGeneration(T5Config()).parameters())
+        ours = sum(p.numel() for p in Seq2SeqTransformer(load_preset("t5_small")).parameters())
+    assert hf_count == ours == 60_506_624
     bart_base = BartConfig(
         d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
         decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,

@@ -136,9 +136,10 @@ class Seq2SeqTransformer(nn.Module):
         TensorFlow's T5, since the logits are then scaled by d_model**-0.5.
         """
         std = self.config.init_std
-        stacks = ((self.encoder, self.config.n_encoder_layers),)
-        stacks += ((self.decoder, self.config.n_decoder_layers),)
-        for stack, n_layers in stacks:
+        for stack, n_layers in (
+            (self.encoder, self.config.n_encoder_layers),
+            (self.decoder, self.config.n_decoder_layers),
+        ):
             for module in stack.modules():
                 _init_default(module, std)
             residual_std = std / math.sqrt(2 * n_layers)
