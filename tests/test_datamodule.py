@@ -174,8 +174,10 @@ def test_sampler_order_depends_on_epoch_and_batches_group_lengths():
 def test_sampler_skips_consumed_batches_once():
     s = BucketBatchSampler(np.ones(40), 4, shuffle=True, seed=0)
     full = list(s)
-    s.skip_batches = 3
+    s.skip(epoch=0, batches=3)
     assert list(s) == full[3:]
+    assert list(s) == full
+    s.skip(epoch=5, batches=3)  # another epoch's skip does not apply
     assert list(s) == full
 
 

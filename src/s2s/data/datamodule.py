@@ -40,7 +40,9 @@ class S2SDataModule(L.LightningDataModule):
         self._tokenizer = tokenizer
         self.micro_batch_size = config.micro_batch_size or config.batch_size
         self.datasets: dict[str, Dataset] = {}
+        self.kinds: dict[str, str] = {}  # split -> "text" | "pairs"
         self.truncated: dict[str, int] = {}
+        self._resume: tuple[int, int] | None = None
 
     # -- tokenizer ---------------------------------------------------------------------------
 
@@ -78,10 +80,13 @@ class S2SDataModule(L.LightningDataModule):
             splits["test"] = self.config.test_path
         for split, path in splits.items():
             if path and split not in self.datasets:
-                self.datasets[split] = self._build(split, tokenize_file(path, *self._cache_args()))
+                tokenized = tokenize_file(path, self.tokenizer, self.config.cache_dir)
+                self.kinds[split] = tokenized.kind
+                self.datasets[split] = self._build(split, tokenized)
 
-    def _cache_args(self) -> tuple[Tokenizer, str | None]:
-        return self.tokenizer, self.config.cache_dir
+    def resume_from(self, epoch: int, batches_done: int) -> None:
+        """Skip the training batches of `epoch` that a resumed checkpoint already consumed."""
+        self._resume = (epoch, batches_done)
 
     def _build(self, split: str, tokenized: TokenizedFile) -> Dataset:
         cfg, tok = self.config, self.tokenizer
@@ -148,6 +153,9 @@ class S2SDataModule(L.LightningDataModule):
             num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
         )
+        if split == "train" and self._resume is not None:
+            sampler.skip(*self._resume)
+            self._resume = None
         workers = self.config.num_workers
         return DataLoader(
             dataset,

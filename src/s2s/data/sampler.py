@@ -39,10 +39,14 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         self.bucket_size = bucket_size
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
-        self.skip_batches = 0  # batches of the current epoch already consumed (resume)
+        self._skip: tuple[int, int] | None = None  # (epoch, batches) consumed before a resume
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip(self, epoch: int, batches: int) -> None:
+        """On the next pass over `epoch`, leave out its first `batches` batches (resume)."""
+        self._skip = (epoch, batches)
 
     def global_batches(self) -> list[np.ndarray]:
         """Every batch of this epoch, over all ranks, in order (row indices)."""
@@ -69,6 +73,8 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         mine = [
             batches[(self.rank + k * self.num_replicas) % len(batches)] for k in range(per_rank)
         ]
-        skip, self.skip_batches = self.skip_batches, 0
+        skip = 0
+        if self._skip is not None and self._skip[0] == self.epoch:
+            skip, self._skip = self._skip[1], None
         for batch in mine[skip:]:
             yield [(self.epoch, int(i)) for i in batch]

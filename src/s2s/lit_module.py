@@ -1,0 +1,202 @@
+"""Seq2SeqLitModule: the training loop's view of a `Seq2SeqTransformer`.
+
+Loss (cross-entropy over non-padding targets, optional label smoothing), metrics, the optimiser
+and its schedule, validation samples and, for pair data, BLEU / chrF. The model is injected;
+this module knows nothing of how it is built, and the model knows nothing of the loop.
+
+Logged keys: train/loss, train/lr, train/tokens_per_sec, train/padding_fraction, val/loss,
+val/ppl, val/token_acc, and (pairs) val/bleu, val/chrf.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import sacrebleu
+import torch
+from torch import Tensor, nn
+
+from s2s.checkpoint import S2S_KEY, metadata
+from s2s.data.examples import IGNORE_INDEX
+from s2s.model import Seq2SeqTransformer
+from s2s.tokenizer import Tokenizer
+
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What validation does besides the loss (`eval.*` in conf/train.yaml)."""
+
+    num_samples: int = 3  # TensorBoard text samples per validation
+    generation_examples: int = 64  # validation examples decoded for BLEU / chrF (pairs only)
+    max_new_tokens: int = 64
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "generation_examples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"eval.{name}={getattr(self, name)} must be >= 0")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"eval.max_new_tokens={self.max_new_tokens} must be >= 1")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"eval.label_smoothing={self.label_smoothing} must be in [0, 1)")
+
+
+class Seq2SeqLitModule(L.LightningModule):
+    def __init__(
+        self,
+        model: Seq2SeqTransformer,
+        tokenizer: Tokenizer,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        eval_config: EvalConfig | None = None,
+        pairs: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.eval_config = eval_config or EvalConfig()
+        self.pairs = pairs  # validation data are input -> target pairs: compute BLEU / chrF
+        self._forward = model
+        if model.config.compile:
+            # Compiled separately so checkpoints keep plain `model.*` keys.
+            object.__setattr__(self, "_forward", torch.compile(model))
+        self._clock: float | None = None
+        self._val_batches: list[dict[str, Tensor]] = []
+
+    # -- loss -------------------------------------------------------------------------------
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Mean cross-entropy over real target tokens, and the logits (B, T, V)."""
+        labels = batch["labels"]
+        logits = self._forward(
+            batch["input_ids"], self.model.shift_right(labels), batch["attention_mask"]
+        )
+        loss = nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(),
+            labels.flatten(),
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=self.eval_config.label_smoothing,
+        )
+        return loss, logits
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, _ = self.loss(batch)
+        real = batch["attention_mask"].sum() + (batch["labels"] != IGNORE_INDEX).sum()
+        total = batch["attention_mask"].numel() + batch["labels"].numel()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/padding_fraction", 1.0 - real.float() / total)
+        self._log_throughput(int(real))
+        return loss
+
+    def _log_throughput(self, tokens: int) -> None:
+        """Real (non-padding) source + target tokens per second on this device."""
+        now = time.perf_counter()
+        if self._clock is not None:
+            self.log("train/tokens_per_sec", tokens / max(now - self._clock, 1e-9))
+        self._clock = now
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            self.log("train/lr", scheduler.get_last_lr()[0], prog_bar=True)
+
+    # -- validation -------------------------------------------------------------------------
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        loss, logits = self.loss(batch)
+        labels = batch["labels"]
+        real = labels != IGNORE_INDEX
+        n_tokens = real.sum()
+        correct = ((logits.argmax(-1) == labels) & real).sum()
+        # Token-weighted means over the whole validation set (batches differ in size).
+        self.log("val/loss", loss, batch_size=int(n_tokens), sync_dist=True, prog_bar=True)
+        self.log("val/token_acc", correct / n_tokens, batch_size=int(n_tokens), sync_dist=True)
+        if len(self._val_batches) * labels.shape[0] < max(
+            self.eval_config.num_samples, self.eval_config.generation_examples
+        ):
+            self._val_batches.append({k: v.detach() for k, v in batch.items()})
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.trainer.callback_metrics
+        if "val/loss" in metrics:
+            self.log("val/ppl", math.exp(min(float(metrics["val/loss"]), 50.0)), sync_dist=True)
+        batches, self._val_batches = self._val_batches, []
+        if self.trainer.sanity_checking or not batches:
+            return
+        outputs = self._decode_examples(batches)
+        if self.pairs and self.eval_config.generation_examples:
+            predictions, references = outputs["predictions"], outputs["targets"]
+            n = self.eval_config.generation_examples
+            bleu = sacrebleu.corpus_bleu(predictions[:n], [references[:n]]).score
+            chrf = sacrebleu.corpus_chrf(predictions[:n], [references[:n]]).score
+            self.log("val/bleu", bleu, rank_zero_only=True)
+            self.log("val/chrf", chrf, rank_zero_only=True)
+        self._write_samples(outputs)
+
+    @torch.no_grad()
+    def _decode_examples(self, batches: list[dict[str, Tensor]]) -> dict[str, list[str]]:
+        from s2s.generation import generate  # generation builds on the model, not the loop
+
+        limit = max(self.eval_config.num_samples, self.eval_config.generation_examples)
+        if not self.pairs:
+            limit = self.eval_config.num_samples
+        out: dict[str, list[str]] = {"inputs": [], "predictions": [], "targets": []}
+        for batch in batches:
+            if len(out["inputs"]) >= limit:
+                break
+            ids = generate(
+                self.model,
+                batch["input_ids"],
+                batch["attention_mask"],
+                max_new_tokens=self.eval_config.max_new_tokens,
+            )
+            labels = batch["labels"].masked_fill(batch["labels"] == IGNORE_INDEX, 0)
+            out["inputs"] += self.tokenizer.decode_batch(
+                batch["input_ids"].tolist(), skip_special_tokens=False
+            )
+            out["predictions"] += self.tokenizer.decode_batch(ids.tolist())
+            out["targets"] += self.tokenizer.decode_batch(labels.tolist())
+        return {k: v[:limit] for k, v in out.items()}
+
+    def _write_samples(self, outputs: dict[str, list[str]]) -> None:
+        n = self.eval_config.num_samples
+        experiment = getattr(self.logger, "experiment", None)
+        if not n or experiment is None or not hasattr(experiment, "add_text"):
+            return
+        rows = ["| input | prediction | target |", "|---|---|---|"]
+        for source, pred, target in zip(
+            outputs["inputs"][:n], outputs["predictions"][:n], outputs["targets"][:n], strict=False
+        ):
+            rows.append(f"| {_cell(source)} | {_cell(pred)} | {_cell(target)} |")
+        experiment.add_text("val/samples", "\n".join(rows), self.global_step)
+
+    # -- optimisation and checkpoints -------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.model)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[S2S_KEY] = metadata(self.model.config, self.tokenizer)
+
+
+def _cell(text: str) -> str:
+    """Text for one Markdown table cell (TensorBoard renders text summaries as Markdown)."""
+    text = text.replace("<pad>", "").replace("|", "\\|").replace("\n", " / ")
+    return text[:300]

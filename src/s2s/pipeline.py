@@ -1,0 +1,205 @@
+"""train(cfg): what `python train.py` runs, and what tests and sweeps call directly.
+
+    composed Hydra config -> DataConfig + data module (tokenizer, cached ids)
+                          -> ModelConfig (vocab and special ids from the tokenizer) -> model
+                          -> optimiser / schedule partials -> LightningModule
+                          -> Trainer (callbacks, loggers; accumulation from the global batch)
+                          -> fit -> metrics
+
+`_target_` instantiation happens here and only here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from s2s.checkpoint import read_checkpoint
+from s2s.config import ModelConfig
+from s2s.data.config import DataConfig
+from s2s.data.datamodule import S2SDataModule
+from s2s.lit_module import EvalConfig, Seq2SeqLitModule
+from s2s.model import Seq2SeqTransformer
+from s2s.paths import project_root  # noqa: F401  (registers ${s2s_root:})
+from s2s.resume import ResumeState
+from s2s.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+# Fields that may differ between a pre-trained checkpoint and the fine-tuning config.
+NON_ARCHITECTURE = {"dropout", "attention_dropout", "activation_dropout", "compile"}
+NON_ARCHITECTURE |= {"attention_backend", "init_std"}
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train as the composed config says; return the final metrics and where outputs went."""
+    _one_log_format()
+    # Mid-epoch resume is exact here (s2s.resume skips consumed batches): not a concern.
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")
+    output_dir = Path(cfg.paths.output_dir)
+    data_config = DataConfig.from_dict(_plain(cfg.data, "data"))
+    eval_config = EvalConfig(**_plain(cfg.eval, "eval"))
+
+    pretrained = read_checkpoint(cfg.init_from) if cfg.get("init_from") else None
+    datamodule = S2SDataModule(data_config, pretrained.tokenizer if pretrained else None)
+    tokenizer = datamodule.tokenizer
+    model_config = model_config_for(cfg, tokenizer)
+    model = Seq2SeqTransformer(model_config)
+    if pretrained is not None:
+        check_same_architecture(model_config, pretrained.config, cfg.init_from)
+        model.load_state_dict(pretrained.state_dict)
+        log.info("initialised from %s", cfg.init_from)
+
+    optimizer = hydra.utils.instantiate(cfg.optimizer)
+    optimizer(model)  # build once now so a bad optimizer.* value fails before any data work
+    scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    datamodule.setup("fit")
+    module = Seq2SeqLitModule(
+        model,
+        tokenizer,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        eval_config=eval_config,
+        pairs=datamodule.kinds.get("val") == "pairs",
+    )
+    trainer = make_trainer(cfg, datamodule)
+    _save_run_files(output_dir, cfg, model_config, tokenizer, trainer)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    result: dict[str, Any] = {"metrics": metrics, "output_dir": str(output_dir)}
+    for callback in trainer.checkpoint_callbacks:
+        if callback.best_model_path and Path(callback.best_model_path).is_file():
+            result["best_checkpoint"] = callback.best_model_path
+        if callback.last_model_path and Path(callback.last_model_path).is_file():
+            result["last_checkpoint"] = callback.last_model_path
+    if trainer.is_global_zero:
+        _report(result, trainer)
+    return result
+
+
+def model_config_for(cfg: DictConfig, tokenizer: Tokenizer) -> ModelConfig:
+    """`cfg.model` with the vocabulary size and special ids taken from the tokenizer."""
+    values = _plain(cfg.model, "model")
+    values.update(
+        vocab_size=tokenizer.vocab_size,
+        pad_token_id=tokenizer.pad_id,
+        eos_token_id=tokenizer.eos_id,
+        decoder_start_token_id=tokenizer.pad_id,  # T5's convention: decoding starts at <pad>
+    )
+    return ModelConfig.from_dict(values)
+
+
+def check_same_architecture(config: ModelConfig, pretrained: ModelConfig, source: str) -> None:
+    """Refuse, clearly, weights whose architecture does not match the configured model."""
+    ours, theirs = config.to_dict(), pretrained.to_dict()
+    diffs = [
+        f"model.{key}={ours[key]!r} but the checkpoint has {theirs[key]!r}"
+        for key in ours
+        if key not in NON_ARCHITECTURE and ours[key] != theirs[key]
+    ]
+    if diffs:
+        raise ValueError(
+            f"init_from={source}: the checkpoint's architecture does not match the config: "
+            + "; ".join(diffs[:4])
+            + ("; ..." if len(diffs) > 4 else "")
+            + " (pick the model=... preset the checkpoint was trained with)"
+        )
+
+
+def make_trainer(cfg: DictConfig, datamodule: S2SDataModule) -> L.Trainer:
+    """The Trainer, with gradient accumulation derived from the global batch size."""
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(trainer_cfg, dict)
+    if "accumulate_grad_batches" in trainer_cfg:
+        raise ValueError(
+            "trainer.accumulate_grad_batches is derived from data.batch_size and "
+            "data.micro_batch_size; set those instead"
+        )
+    # A group entry set to null (e.g. callbacks.progress_bar=null) switches that piece off.
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer = hydra.utils.instantiate(
+        trainer_cfg, callbacks=callbacks + [ResumeState(datamodule)], logger=loggers or False
+    )
+    data = datamodule.config
+    world = trainer.world_size
+    micro = data.micro_batch_size or max(1, data.batch_size // world)
+    if data.batch_size % (micro * world):
+        raise ValueError(
+            f"data.batch_size={data.batch_size} must be a multiple of data.micro_batch_size "
+            f"({micro}) x devices x nodes ({world})"
+        )
+    trainer.accumulate_grad_batches = data.batch_size // (micro * world)
+    datamodule.micro_batch_size = micro
+    log.info(
+        "global batch %d = %d per device x %d devices x %d accumulation steps",
+        data.batch_size,
+        micro,
+        world,
+        trainer.accumulate_grad_batches,
+    )
+    return trainer
+
+
+def _one_log_format() -> None:
+    """Under Hydra (root logger configured) let Lightning's messages go through it only once."""
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
+def _plain(node: Any, key: str) -> dict[str, Any]:
+    if node is None:
+        raise ValueError(f"the config has no {key!r} section")
+    values = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(values, dict):
+        raise ValueError(f"{key} must be a mapping, got {values!r}")
+    return values
+
+
+def _save_run_files(
+    output_dir: Path, cfg: DictConfig, config: ModelConfig, tokenizer: Tokenizer, trainer: Any
+) -> None:
+    if not trainer.is_global_zero:
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    _write_atomic(output_dir / "model_config.json", json.dumps(config.to_dict(), indent=2))
+    tokenizer.save(output_dir / "tokenizer.json")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _report(result: dict[str, Any], trainer: L.Trainer) -> None:
+    metrics = result["metrics"]
+    lines = [f"run directory:   {result['output_dir']}"]
+    for key in ("last_checkpoint", "best_checkpoint"):
+        if key in result:
+            lines.append(f"{key.replace('_', ' '):16} {result[key]}")
+    if trainer.loggers:
+        lines.append(f"tensorboard:     tensorboard --logdir {result['output_dir']}")
+    shown = ("val/loss", "val/ppl", "val/token_acc", "val/bleu", "val/chrf", "train/loss")
+    summary = ", ".join(f"{k}={metrics[k]:.4g}" for k in shown if k in metrics)
+    if summary:
+        lines.append(f"final metrics:   {summary}")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,238 @@
+"""Training end to end on tiny data: smoke runs, configs, resume, fine-tuning, DDP, sweeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from recording import read_records
+
+from s2s.pipeline import train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = [
+    "model.d_model=32",
+    "model.d_ff=64",
+    "model.n_heads=2",
+    "model.n_encoder_layers=1",
+    "model.n_decoder_layers=1",
+    "model.dropout=0.1",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    """The first records of the shipped datasets: real text, seconds to train on."""
+    out = tmp_path_factory.mktemp("data")
+    files = {}
+    for name, source, n in [
+        ("text_train", "shakespeare/train.json", 40),
+        ("text_val", "shakespeare/validation.json", 12),
+        ("pairs_train", "bible_modern/train.json", 48),
+        ("pairs_val", "bible_modern/validation.json", 8),
+    ]:
+        records = json.loads((REPO / "datasets" / source).read_text())[:n]
+        files[name] = out / f"{name}.json"
+        files[name].write_text(json.dumps(records))
+    return files
+
+
+def overrides_for(tiny_data, tmp_path: Path, kind: str = "text") -> list[str]:
+    return [
+        *TINY_MODEL,
+        f"data.train_path={tiny_data[kind + '_train']}",
+        f"data.val_path={tiny_data[kind + '_val']}",
+        "data.test_path=null",
+        "data.max_source_length=48",
+        "data.max_target_length=48",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.tokenizer.vocab_size=600",
+        "data.tokenizer.num_sentinels=16",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=2",
+        "trainer.log_every_n_steps=1",
+        "scheduler.warmup_steps=2",
+        "eval.generation_examples=4",
+        "eval.max_new_tokens=8",
+        "callbacks.progress_bar=null",
+        "logger=csv",
+    ]
+
+
+def compose_train(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def record(path: Path) -> list[str]:
+    return ["+callbacks.record._target_=recording.RecordBatches", f"+callbacks.record.path={path}"]
+
+
+def test_debug_smoke_pretraining(tiny_data, tmp_path):
+    cfg = compose_train([*overrides_for(tiny_data, tmp_path), "trainer.fast_dev_run=2"])
+    result = train(cfg)
+    assert result["metrics"]["train/loss"] > 0
+    assert (tmp_path / "run" / "tokenizer.json").is_file()
+    assert (tmp_path / "run" / "model_config.json").is_file()
+
+
+def test_pretraining_run_writes_checkpoints_and_logs(tiny_data, tmp_path):
+    result = train(compose_train(overrides_for(tiny_data, tmp_path)))
+    metrics = result["metrics"]
+    for key in ("val/loss", "val/ppl", "val/token_acc", "train/loss", "train/lr"):
+        assert key in metrics, key
+    assert Path(result["last_checkpoint"]).name == "last.ckpt"
+    assert Path(result["best_checkpoint"]).name.startswith("best-step")
+    header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/tokens_per_sec" in header and "train/padding_fraction" in header
+
+
+def test_finetuning_from_a_pretrained_checkpoint(tiny_data, tmp_path):
+    pretrained = train(compose_train(overrides_for(tiny_data, tmp_path / "pre")))
+    cfg = compose_train(
+        [
+            "experiment=finetune_bible_modern",
+            *overrides_for(tiny_data, tmp_path / "fine", kind="pairs"),
+            f"init_from={pretrained['last_checkpoint']}",
+        ]
+    )
+    result = train(cfg)
+    assert "val/bleu" in result["metrics"] and "val/chrf" in result["metrics"]
+    # The fine-tuned run uses the pre-trained tokenizer, not a new one trained on the pairs.
+    pre_tok = (tmp_path / "pre" / "run" / "tokenizer.json").read_text()
+    assert (tmp_path / "fine" / "run" / "tokenizer.json").read_text() == pre_tok
+
+
+def test_init_from_a_different_architecture_is_refused(tiny_data, tmp_path):
+    pretrained = train(compose_train(overrides_for(tiny_data, tmp_path / "pre")))
+    cfg = compose_train(
+        [
+            *overrides_for(tiny_data, tmp_path / "fine"),
+            "model.d_model=64",
+            f"init_from={pretrained['last_checkpoint']}",
+        ]
+    )
+    with pytest.raises(ValueError, match=r"model\.d_model=64 but the checkpoint has 32"):
+        train(cfg)
+
+
+@pytest.mark.parametrize(
+    "experiment", sorted(p.stem for p in (REPO / "conf/experiment").glob("*.yaml"))
+)
+def test_every_experiment_composes(experiment):
+    cfg = compose_train([f"experiment={experiment}"])
+    assert cfg.task_name == experiment
+    assert cfg.model.d_model > 0 and cfg.data.train_path
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    common = [
+        *overrides_for(tiny_data, tmp_path),
+        "trainer.max_steps=10",
+        "scheduler.total_steps=10",
+        "callbacks.last_checkpoint.every_n_train_steps=4",
+        "trainer.val_check_interval=5",
+    ]
+    full = tmp_path / "full.json"
+    train(compose_train([*common, *record(full), f"paths.output_dir={tmp_path / 'a'}"]))
+    # An interrupted run: stops after step 4 (its last checkpoint), then resumes from it.
+    part = tmp_path / "part.json"
+    first = [*common, *record(part), f"paths.output_dir={tmp_path / 'b'}"]
+    train(compose_train([*first, "trainer.max_steps=4"]))
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    train(compose_train([*first, f"ckpt_path={last}"]))
+    uninterrupted = {r["step"]: r for r in read_records(full)}
+    resumed = {r["step"]: r for r in read_records(part)}
+    assert sorted(resumed) == sorted(uninterrupted) == list(range(1, 11))
+    for step in range(1, 11):  # same data, same dropout, same optimiser state: same losses
+        assert resumed[step]["rows"] == uninterrupted[step]["rows"], step
+        assert resumed[step]["loss"] == pytest.approx(uninterrupted[step]["loss"], rel=1e-5), step
+
+
+def test_same_seed_same_losses_other_seed_other_losses(tiny_data, tmp_path):
+    runs = {}
+    for name, seed in [("a", 7), ("b", 7), ("c", 8)]:
+        path = tmp_path / f"{name}.json"
+        overrides = [*overrides_for(tiny_data, tmp_path / name), *record(path), f"seed={seed}"]
+        train(compose_train([*overrides, "trainer.max_steps=3"]))
+        runs[name] = [r["loss"] for r in read_records(path)]
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONPATH": str(REPO / "tests")}
+    if "-m" not in args:  # keep Hydra's own run directory out of the repository
+        args = [*args, f"hydra.run.dir={cwd / 'hydra'}"]
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_ddp_cpu_runs_two_ranks_on_different_data(tiny_data, tmp_path):
+    path = tmp_path / "ddp.json"
+    args = [
+        *overrides_for(tiny_data, tmp_path),
+        *record(path),
+        "trainer=ddp_cpu",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+    ]
+    done = run_cli(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [read_records(path, rank) for rank in (0, 1)]
+    assert [len(r) for r in ranks] == [3, 3]
+    rows = [{row for step in r for row in step["rows"]} for r in ranks]
+    assert rows[0] and rows[1] and not rows[0] & rows[1]
+    # The global batch (4) is split: 2 rows per rank per step, no accumulation.
+    assert all(len(step["rows"]) == 2 for r in ranks for step in r)
+
+
+def test_multirun_makes_one_run_per_value(tiny_data, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = [
+        "-m",
+        *[o for o in overrides_for(tiny_data, tmp_path) if not o.startswith("paths.output_dir")],
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "optimizer.lr=1e-3,2e-3",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    done = run_cli(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert runs == ["0", "1"]
+    for run in runs:
+        assert (sweep_dir / run / "checkpoints" / "last.ckpt").is_file()
+        assert "optimizer.lr" in (sweep_dir / run / ".hydra" / "overrides.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model=huge", "model/huge"),
+        ("optimizer.lr=-1", "optimizer.lr=-1.0 must be > 0"),
+        ("data.train_path=/nonexistent.json", "/nonexistent.json: file not found"),
+    ],
+)
+def test_bad_overrides_fail_with_one_clear_line(tiny_data, tmp_path, override, message):
+    done = run_cli([*overrides_for(tiny_data, tmp_path), override], cwd=tmp_path)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
