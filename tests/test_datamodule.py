@@ -211,12 +211,12 @@ def test_tokenizer_is_trained_once_and_cached(text_file, tmp_path):
 
 def test_missing_split_gives_a_clear_error(text_file, tokenizer, tmp_path):
     dm = make(text_file, tokenizer, tmp_path)
-    with pytest.raises(ValueError, match="data.test_path is not set"):
+    with pytest.raises(ValueError, match=r"data\.test_path is not set"):
         dm.test_dataloader()
 
 
 def test_t5_with_too_few_sentinels_names_the_key(text_file, tokenizer, tmp_path):
-    with pytest.raises(ValueError, match="data.tokenizer.num_sentinels"):
+    with pytest.raises(ValueError, match=r"data\.tokenizer\.num_sentinels"):
         make(
             text_file,
             tokenizer,
