@@ -227,8 +227,8 @@ def test_multirun_makes_one_run_per_value(tiny_data, tmp_path):
     "override, message",
     [
         ("model=huge", "model/huge"),
-        ("optimizer.lr=-1", "optimizer.lr=-1.0 must be > 0"),
-        ("data.train_path=/nonexistent.json", "/nonexistent.json: file not found"),
+        ("optimizer.lr=-1", "error: optimizer.lr=-1 must be > 0"),
+        ("data.train_path=/nonexistent.json", "error: /nonexistent.json: file not found"),
     ],
 )
 def test_bad_overrides_fail_with_one_clear_line(tiny_data, tmp_path, override, message):
