@@ -1,0 +1,239 @@
+"""Generation over the KV cache: equal to full recomputation, padding-invariant, strategies
+agree where they must (beam-1 == greedy, top-k=1 == greedy), processors hand-checked."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from generation_fixtures import tiny_model
+from model_fixtures import padded_batch
+
+from s2s.generation import GenerationConfig, generate
+from s2s.generation.beam import beam_search
+from s2s.generation.processors import forbid_eos, no_repeat_ngram, repetition_penalty
+from s2s.generation.sampling import top_k_filter, top_p_filter
+from s2s.generation.source import encode
+
+VOCAB = 97
+EOS, PAD = 1, 0
+SRC_LENGTHS = (9, 5, 2, 7)
+
+
+def model_for(positions: str, seed: int = 0):
+    """A tiny model whose greedy outputs vary by row and sometimes end early.
+
+    Random small-init models repeat one token; 20x larger weights make them input-dependent,
+    and a bias on EOS (about half the usual top-1 / top-2 logit gap) ends some rows early.
+    """
+    model = tiny_model(VOCAB, seed=seed, positions=positions, tie_embeddings=False,
+                       final_logits_bias=True, relative_num_buckets=8,
+                       relative_max_distance=16)  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(20.0)
+        model.final_logits_bias[EOS] = 2.5
+    return model
+
+
+def batch():
+    return padded_batch(VOCAB, src_lengths=SRC_LENGTHS, tgt_lengths=(1,) * len(SRC_LENGTHS))
+
+
+def recompute_greedy(model, input_ids, attention_mask, max_new_tokens: int):
+    """Reference: rerun the whole decoder on the full prefix at every step (no cache)."""
+    cfg = model.config
+    prefix = torch.full((input_ids.shape[0], 1), cfg.decoder_start_token_id)
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(input_ids, prefix, attention_mask)[:, -1]
+            token = logits.argmax(-1).masked_fill(finished, cfg.pad_token_id)
+            prefix = torch.cat([prefix, token[:, None]], dim=1)
+            finished |= token == cfg.eos_token_id
+            if finished.all():
+                break
+    return prefix[:, 1:]
+
+
+@pytest.mark.parametrize("positions", ["rotary", "t5_relative", "learned", "sinusoidal"])
+def test_cached_greedy_equals_full_recompute(positions):
+    model, b = model_for(positions), batch()
+    ours = generate(model, b.input_ids, b.attention_mask, max_new_tokens=12)
+    assert torch.equal(ours, recompute_greedy(model, b.input_ids, b.attention_mask, 12))
+    assert len({tuple(r) for r in ours.tolist()}) > 1  # the rows really differ
+
+
+def test_padding_does_not_change_any_row():
+    model, b = model_for("rotary"), batch()
+    together = generate(model, b.input_ids, b.attention_mask, max_new_tokens=10)
+    for row, length in enumerate(SRC_LENGTHS):
+        alone = generate(model, b.input_ids[row : row + 1, :length], max_new_tokens=10)
+        width = alone.shape[1]
+        assert torch.equal(together[row, :width], alone[0])
+        assert (together[row, width:] == PAD).all()
+
+
+def test_output_layout_eos_then_pad():
+    model, b = model_for("rotary"), batch()
+    out = generate(model, b.input_ids, b.attention_mask, max_new_tokens=12)
+    assert out.dtype == torch.long and out.shape[0] == len(SRC_LENGTHS) and out.shape[1] <= 12
+    ended = 0
+    for row in out.tolist():
+        if EOS in row:
+            ended += 1
+            end = row.index(EOS)
+            assert all(t == PAD for t in row[end + 1 :])
+    assert 0 < ended < len(SRC_LENGTHS)  # some rows stop early, others run to the limit
+
+
+def test_encoder_runs_once_and_decoder_sees_one_new_token_per_step(monkeypatch):
+    model, b = model_for("t5_relative"), batch()
+    encodes, decode_widths = [], []
+    real_encode, real_decode = model.encode, model.decode
+
+    def counting_encode(*args, **kwargs):
+        encodes.append(1)
+        return real_encode(*args, **kwargs)
+
+    def recording_decode(ids, *args, **kwargs):
+        decode_widths.append((ids.shape[1], kwargs["cache"].offset))
+        return real_decode(ids, *args, **kwargs)
+
+    monkeypatch.setattr(model, "encode", counting_encode)
+    monkeypatch.setattr(model, "decode", recording_decode)
+    beam = GenerationConfig(strategy="beam", num_beams=3, max_new_tokens=6, min_new_tokens=6)
+    for config in (GenerationConfig(max_new_tokens=6, min_new_tokens=6), beam):
+        encodes.clear(), decode_widths.clear()
+        generate(model, b.input_ids, b.attention_mask, config=config)
+        assert encodes == [1]
+        assert decode_widths == [(1, step) for step in range(6)]
+
+
+def test_beam_with_one_beam_equals_greedy():
+    model, b = model_for("rotary"), batch()
+    greedy = generate(model, b.input_ids, b.attention_mask, max_new_tokens=12)
+    one_beam = GenerationConfig(strategy="beam", num_beams=1, max_new_tokens=12)
+    assert torch.equal(generate(model, b.input_ids, b.attention_mask, config=one_beam), greedy)
+    # the beam search code itself with K=1: it stops at the first finished hypothesis
+    with torch.no_grad():
+        source = encode(model, b.input_ids, b.attention_mask)
+        config = dataclasses.replace(one_beam, early_stopping=True)
+        assert torch.equal(beam_search(model, source, config), greedy)
+
+
+def test_beam_search_finds_a_likelier_sequence_than_greedy():
+    model, b = model_for("rotary", seed=3), batch()
+    config = GenerationConfig(strategy="beam", num_beams=4, max_new_tokens=8, length_penalty=0.0)
+    greedy = generate(model, b.input_ids, b.attention_mask, max_new_tokens=8)
+    beam = generate(model, b.input_ids, b.attention_mask, config=config)
+    greedy_lp, beam_lp = log_prob(model, b, greedy), log_prob(model, b, beam)
+    assert (beam_lp >= greedy_lp - 1e-4).all() and (beam_lp > greedy_lp + 1e-3).any()
+
+
+def log_prob(model, b, tokens):
+    """Summed log-probability of each row's tokens up to and including its EOS."""
+    start = torch.full((tokens.shape[0], 1), model.config.decoder_start_token_id)
+    with torch.no_grad():
+        logits = model(b.input_ids, torch.cat([start, tokens[:, :-1]], 1), b.attention_mask)
+    token_lp = logits.log_softmax(-1).gather(2, tokens[:, :, None])[:, :, 0]
+    after_eos = (tokens == EOS).long().cumsum(1) - (tokens == EOS).long() > 0
+    return token_lp.masked_fill(after_eos | (tokens == PAD) & ~(tokens == EOS), 0).sum(1)
+
+
+def test_top_k_one_sampling_equals_greedy():
+    model, b = model_for("rotary"), batch()
+    greedy = generate(model, b.input_ids, b.attention_mask, max_new_tokens=12)
+    config = GenerationConfig(strategy="sample", top_k=1, temperature=0.7, max_new_tokens=12)
+    assert torch.equal(generate(model, b.input_ids, b.attention_mask, config=config), greedy)
+
+
+def test_sampling_is_deterministic_given_a_seed():
+    model, b = model_for("rotary"), batch()
+
+    def sample(seed):
+        config = GenerationConfig(strategy="sample", temperature=2.0, max_new_tokens=10, seed=seed)
+        return generate(model, b.input_ids, b.attention_mask, config=config)
+
+    assert torch.equal(sample(1), sample(1))
+    assert not torch.equal(sample(1), sample(2))
+    gen = torch.Generator().manual_seed(5)
+    config = GenerationConfig(strategy="sample", temperature=2.0, max_new_tokens=10)
+    first = generate(model, b.input_ids, b.attention_mask, config=config, generator=gen)
+    second = generate(model, b.input_ids, b.attention_mask, config=config, generator=gen)
+    assert not torch.equal(first, second)  # a shared generator keeps drawing new numbers
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
+def test_min_new_tokens_and_no_repeat_ngram(strategy):
+    model, b = model_for("rotary"), batch()
+    knobs = {"beam": {"num_beams": 3}, "sample": {"top_k": 5}}.get(strategy, {})
+    config = GenerationConfig(strategy=strategy, max_new_tokens=16, min_new_tokens=5,
+                              no_repeat_ngram_size=2, **knobs)  # fmt: skip
+    out = generate(model, b.input_ids, b.attention_mask, config=config)
+    for row in out.tolist():
+        assert EOS not in row[:5]
+        body = [t for t in row if t != PAD]
+        bigrams = list(zip([0, *body], body, strict=False))  # the decoder start token counts
+        assert len(bigrams) == len(set(bigrams))
+
+
+def test_generate_restores_training_mode():
+    model, b = model_for("rotary"), batch()
+    model.train()
+    generate(model, b.input_ids, b.attention_mask, max_new_tokens=2)
+    assert model.training
+
+
+def test_repetition_penalty_by_hand():
+    scores = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    history = torch.tensor([[0, 1, 1]])
+    expected = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
+    assert torch.equal(repetition_penalty(scores, history, 2.0), expected)
+
+
+def test_no_repeat_ngram_by_hand():
+    scores = torch.zeros(2, 6)
+    history = torch.tensor([[5, 2, 3, 2, 4, 2], [1, 2, 3, 4, 5, 1]])
+    out = no_repeat_ngram(scores, history, 2)  # row 0 ends in 2: 2 was followed by 3 and 4
+    assert torch.isinf(out[0]).nonzero().flatten().tolist() == [3, 4]
+    assert torch.isinf(out[1]).nonzero().flatten().tolist() == [2]
+    out3 = no_repeat_ngram(scores, history, 3)  # row 0 ends in (4, 2): never seen before
+    assert not torch.isinf(out3[0]).any()
+    assert torch.equal(no_repeat_ngram(scores, history[:, :1], 2), scores)
+
+
+def test_forbid_eos_and_filters_by_hand():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    assert forbid_eos(logits, 1)[0, 1] == float("-inf") and logits[0, 1] == 3.0
+    assert torch.isinf(top_k_filter(logits, 2)).tolist() == [[True, False, False, True]]
+    assert torch.equal(top_k_filter(logits, 0), logits)
+    # probabilities of [3, 2, 1, 0]: 0.644, 0.237, 0.087, 0.032
+    assert torch.isinf(top_p_filter(logits, 0.5)).tolist() == [[True, False, True, True]]
+    assert torch.isinf(top_p_filter(logits, 0.85)).tolist() == [[True, False, False, True]]
+    assert torch.isinf(top_p_filter(logits, 0.9)).tolist() == [[False, False, False, True]]
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"num_beams": 0, "strategy": "beam"}, "generate.num_beams=0 must be >= 1"),
+        ({"strategy": "foo"}, "generate.strategy='foo' must be one of greedy, beam, sample"),
+        ({"num_beams": 4}, "generate.num_beams=4 needs generate.strategy=beam"),
+        ({"top_k": 5}, "generate.top_k=5 needs generate.strategy=sample"),
+        ({"strategy": "sample", "top_p": 0.0}, "generate.top_p=0.0 must be in (0, 1]"),
+        ({"max_new_tokens": 4, "min_new_tokens": 5}, "generate.min_new_tokens=5 must be in"),
+        ({"temperature": "hot", "strategy": "sample"}, "generate.temperature='hot' has type"),
+    ],
+)
+def test_config_errors_name_the_key(knobs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        GenerationConfig(**knobs)
+
+
+def test_config_from_dict_rejects_unknown_keys():
+    assert GenerationConfig.from_dict({"num_beams": 2, "strategy": "beam"}).num_beams == 2
+    with pytest.raises(ValueError, match="unknown generate keys"):
+        GenerationConfig.from_dict({"beams": 2})
