@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -13,8 +14,8 @@ from s2s.tokenizer import Tokenizer
 
 
 def tiny_model(vocab_size: int, seed: int = 0, **overrides) -> Seq2SeqTransformer:
-    """A 2+2-layer, d_model 32 model in eval mode, dropout off."""
-    config = ModelConfig(
+    """A 2+2-layer, d_model 32 model in eval mode, dropout off; any field can be overridden."""
+    base = ModelConfig(
         vocab_size=vocab_size,
         d_model=32,
         d_ff=48,
@@ -23,8 +24,8 @@ def tiny_model(vocab_size: int, seed: int = 0, **overrides) -> Seq2SeqTransforme
         n_decoder_layers=2,
         dropout=0.0,
         max_positions=64,
-        **overrides,
     )
+    config = dataclasses.replace(base, **overrides)
     torch.manual_seed(seed)
     return Seq2SeqTransformer(config).eval()
 
