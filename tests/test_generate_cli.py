@@ -1,0 +1,169 @@
+"""`python generate.py` end to end: prompt mode, interactive mode through a pipe, one-line
+errors (as subprocesses, started together since each pays Python + torch start-up), and the
+file mode with metrics (in process, through `s2s.cli_generate.run`)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from generation_fixtures import tiny_model, write_ckpt
+from hydra import compose, initialize_config_dir
+
+from s2s.bundle import save_bundle
+from s2s.cli_generate import quote_free_text, run
+from s2s.generation import GenerationConfig
+from s2s.generation.text import TextGenerator
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_NEW = ["generate.max_new_tokens=6"]
+PROMPTS = ["How <mask> doing?", "To be, or not to be"]
+ERROR_CASES = {
+    "missing checkpoint": ["ckpt={dir}/missing.ckpt", "prompt=hello"],
+    "bundle missing a file": ["ckpt={dir}/incomplete", "prompt=hello"],
+    "unknown strategy": ["ckpt={dir}/tiny.ckpt", "prompt=hello", "generate.strategy=foo"],
+    "empty prompt": ["ckpt={dir}/tiny.ckpt", "prompt="],
+}
+
+
+@pytest.fixture(scope="module")
+def files(tokenizer, tmp_path_factory) -> Path:
+    """tiny.ckpt (a random model with large weights, so its answers are not empty) and a
+    bundle directory `incomplete` that lacks its tokenizer."""
+    directory = tmp_path_factory.mktemp("cli")
+    model = tiny_model(tokenizer.vocab_size, seed=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(20.0)
+    write_ckpt(directory / "tiny.ckpt", model, tokenizer)
+    save_bundle(model, tokenizer, directory / "incomplete")
+    (directory / "incomplete" / "tokenizer.json").unlink()
+    return directory
+
+
+@pytest.fixture(scope="module")
+def expected(files) -> dict[str, str]:
+    """What the model answers to each prompt, computed in process."""
+    from s2s import load_pretrained
+
+    model, tokenizer = load_pretrained(files / "tiny.ckpt")
+    generator = TextGenerator(model, tokenizer, GenerationConfig(max_new_tokens=6))
+    answers = {p: generator([p])[0] for p in PROMPTS}
+    assert all(a.strip() for a in answers.values())  # a meaningful comparison
+    return answers
+
+
+@pytest.fixture(scope="module")
+def cli(files) -> dict[str, subprocess.CompletedProcess]:
+    """Every subprocess run of the module, started at once and awaited together."""
+    runs = {
+        "prompt": ([f"ckpt={files}/tiny.ckpt", f"prompt={PROMPTS[0]}", *MAX_NEW], None),
+        "interactive": (
+            [f"ckpt={files}/tiny.ckpt", *MAX_NEW],
+            "\n".join([*PROMPTS, "", ":q", "never answered"]) + "\n",
+        ),
+    }
+    for name, args in ERROR_CASES.items():
+        runs[name] = ([a.format(dir=files) for a in args], None)
+    started = {}
+    for name, (args, stdin) in runs.items():
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "generate.py"), *args],
+            cwd=files,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started[name] = (process, args, stdin)
+    done = {}
+    for name, (process, args, stdin) in started.items():
+        out, err = process.communicate(stdin, timeout=180)
+        done[name] = subprocess.CompletedProcess(args, process.returncode, out, err)
+    return done
+
+
+def test_prompt_mode_prints_the_answer(cli, expected, files):
+    result = cli["prompt"]
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [expected[PROMPTS[0]]]
+    assert sorted(p.name for p in files.iterdir()) == ["incomplete", "tiny.ckpt"]  # no litter
+
+
+def test_interactive_mode_through_a_pipe(cli, expected):
+    result = cli["interactive"]
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [expected[p] for p in PROMPTS]  # stops at :q
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_errors_are_one_line(cli, case):
+    result = cli[case]
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    wanted = {
+        "missing checkpoint": "missing.ckpt",
+        "bundle missing a file": "missing tokenizer.json",
+        "unknown strategy": "generate.strategy='foo' must be one of greedy, beam, sample",
+        "empty prompt": "prompt is empty",
+    }
+    assert wanted[case] in lines[0]
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose("generate", overrides=list(overrides))
+
+
+def test_file_mode_writes_jsonl_and_scores_targets(files, expected, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [
+        {"Input": p, "Target": t} for p, t in zip(PROMPTS, ["x", expected[PROMPTS[1]]], strict=True)
+    ]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out" / "preds.jsonl"
+    cfg = config(f"ckpt={files}/tiny.ckpt", f"input_file={pairs}", f"output_file={out}",
+                 "batch_size=1", *MAX_NEW)  # fmt: skip
+    run(cfg)
+    written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert written == [
+        {"input": p, "output": expected[p], "target": r["Target"]}
+        for p, r in zip(PROMPTS, rows, strict=True)
+    ]
+    printed = capsys.readouterr().out
+    assert "BLEU" in printed and "chrF" in printed and "exact match 50.0% (1/2)" in printed
+
+    text = tmp_path / "prompts.txt"
+    text.write_text("\n".join(PROMPTS) + "\n\n", encoding="utf-8")
+    run(config(f"ckpt={files}/tiny.ckpt", f"input_file={text}", f"output_file={out}", *MAX_NEW))
+    written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert written == [{"input": p, "output": expected[p]} for p in PROMPTS]
+    assert "BLEU" not in capsys.readouterr().out
+
+
+def test_interactive_mode_ends_at_end_of_input(files, expected):
+    stdout = io.StringIO()
+    run(config(f"ckpt={files}/tiny.ckpt", *MAX_NEW), stdin=io.StringIO(PROMPTS[1]), stdout=stdout)
+    assert stdout.getvalue().splitlines() == [expected[PROMPTS[1]]]
+
+
+def test_free_text_prompts_are_quoted_for_hydra():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for text in ["How <mask> doing?", "it's a \\ test \\", "a ${x} b", "x=[1, 2], {a: b}"]:
+        (arg,) = quote_free_text([f"prompt={text}"])
+        value = parser.parse_override(arg).value()
+        assert value.replace("\\${", "${") == text
+    assert quote_free_text(["prompt='already'", "generate.top_k=5"]) == [
+        "prompt='already'",
+        "generate.top_k=5",
+    ]
