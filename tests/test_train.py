@@ -236,3 +236,60 @@ def test_bad_overrides_fail_with_one_clear_line(tiny_data, tmp_path, override, m
     assert done.returncode != 0
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_sigkill_loses_only_steps_since_the_last_checkpoint(tiny_data, tmp_path):
+    import signal
+    import time
+
+    from s2s.checkpoint import read_checkpoint
+
+    path = tmp_path / "killed.json"
+    run = tmp_path / "run"
+    args = [
+        *overrides_for(tiny_data, tmp_path),
+        *record(path),
+        "trainer.max_steps=100000",
+        "trainer.val_check_interval=1000",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+    ]
+    env = os.environ | {"PYTHONPATH": str(REPO / "tests")}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        log = path.with_name(f"{path.stem}.rank0.jsonl")
+        while time.monotonic() < deadline:  # let it write a few checkpoints, then kill it
+            if log.exists() and len(log.read_text().splitlines()) >= 9:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("training did not reach step 9")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    files = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert files == ["last.ckpt"]  # no temporary or partial file left behind
+    saved = read_checkpoint(run / "checkpoints" / "last.ckpt")  # complete and readable
+    saved_step = saved.raw["global_step"]
+    done = len(log.read_text().splitlines())
+    assert saved_step % 2 == 0 and done - 2 <= saved_step <= done
+    # ...and the run resumes from it.
+    resumed = tmp_path / "resumed.json"
+    cfg = compose_train(
+        [
+            *overrides_for(tiny_data, tmp_path / "b"),
+            *record(resumed),
+            f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+            f"trainer.max_steps={saved_step + 2}",
+            "scheduler.total_steps=100000",
+        ]
+    )
+    train(cfg)
+    assert [r["step"] for r in read_records(resumed)] == [saved_step + 1, saved_step + 2]

@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from s2s.checkpoint import read_checkpoint
+from s2s.checkpoint_io import AtomicCheckpointIO
 from s2s.config import ModelConfig
 from s2s.data.config import DataConfig
 from s2s.data.datamodule import S2SDataModule
@@ -132,7 +133,10 @@ def make_trainer(cfg: DictConfig, datamodule: S2SDataModule) -> L.Trainer:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = hydra.utils.instantiate(
-        trainer_cfg, callbacks=callbacks + [ResumeState(datamodule)], logger=loggers or False
+        trainer_cfg,
+        callbacks=[*callbacks, ResumeState(datamodule)],
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
     )
     data = datamodule.config
     world = trainer.world_size
