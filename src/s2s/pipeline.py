@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from s2s.checkpoint import read_checkpoint
 from s2s.checkpoint_io import AtomicCheckpointIO
 from s2s.config import ModelConfig
-from s2s.data.config import DataConfig
+from s2s.data.config import DataConfig, build_dataclass
 from s2s.data.datamodule import S2SDataModule
 from s2s.lit_module import EvalConfig, Seq2SeqLitModule
 from s2s.model import Seq2SeqTransformer
@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     torch.set_float32_matmul_precision("high")
     output_dir = Path(cfg.paths.output_dir)
     data_config = DataConfig.from_dict(_plain(cfg.data, "data"))
-    eval_config = EvalConfig(**_plain(cfg.eval, "eval"))
+    eval_config = build_dataclass(EvalConfig, _plain(cfg.eval, "eval"), "eval")
 
     pretrained = read_checkpoint(cfg.init_from) if cfg.get("init_from") else None
     datamodule = S2SDataModule(data_config, pretrained.tokenizer if pretrained else None)
@@ -100,7 +100,10 @@ def model_config_for(cfg: DictConfig, tokenizer: Tokenizer) -> ModelConfig:
         eos_token_id=tokenizer.eos_id,
         decoder_start_token_id=tokenizer.pad_id,  # T5's convention: decoding starts at <pad>
     )
-    return ModelConfig.from_dict(values)
+    try:
+        return ModelConfig.from_dict(values)
+    except TypeError as err:  # a wrong value type (e.g. model.d_model=abc): a user error
+        raise ValueError(str(err)) from None
 
 
 def check_same_architecture(config: ModelConfig, pretrained: ModelConfig, source: str) -> None:
