@@ -10,6 +10,7 @@ val/ppl, val/token_acc, and (pairs) val/bleu, val/chrf.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from s2s.data.examples import IGNORE_INDEX
 from s2s.model import Seq2SeqTransformer
 from s2s.tokenizer import Tokenizer
 
+log = logging.getLogger(__name__)
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -133,6 +135,15 @@ class Seq2SeqLitModule(L.LightningModule):
         batches, self._val_batches = self._val_batches, []
         if self.trainer.sanity_checking or not batches:
             return
+        if self.trainer.is_global_zero and "val/loss" in metrics:
+            # One line per validation in the console and the run's train.log, also when no
+            # progress bar is drawn (output redirected to a file, a batch job).
+            log.info(
+                "step %d: val/loss %.4f, val/token_acc %.4f",
+                self.global_step,
+                float(metrics["val/loss"]),
+                float(metrics.get("val/token_acc", float("nan"))),
+            )
         outputs = self._decode_examples(batches)
         if self.pairs and self.eval_config.generation_examples:
             predictions, references = outputs["predictions"], outputs["targets"]
