@@ -103,7 +103,7 @@ def unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if key in seen:
             continue
         seen.add(key)
-        unique[name] = tensor.detach().contiguous()
+        unique[name] = tensor.detach().cpu().contiguous()
     return unique
 
 

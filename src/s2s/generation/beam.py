@@ -25,6 +25,7 @@ from torch import Tensor
 from s2s.generation.config import GenerationConfig
 from s2s.generation.processors import process
 from s2s.generation.source import EncodedSource
+from s2s.model.cache import DecoderCache
 from s2s.model.transformer import Seq2SeqTransformer
 
 # A finite "impossible" score: sums and divisions stay finite, unlike -inf.
@@ -53,6 +54,19 @@ class _Finished:
         self.lengths = torch.cat((self.lengths, lengths), dim=1).gather(1, best)
         pool_tokens = torch.cat((self.tokens, tokens), dim=1)  # (B, K + C, T)
         self.tokens = pool_tokens.gather(1, best[:, :, None].expand(-1, -1, tokens.shape[2]))
+
+
+def reorder_self_attention(cache: DecoderCache, rows: Tensor) -> None:
+    """Select rows (B * K,) of the self-attention keys/values of every layer.
+
+    `DecoderCache.reorder` also copies the cross-attention keys/values, but those depend only
+    on the source, and a beam step only moves rows among the K beams of the same input, whose
+    cross-attention entries are identical: copying them would change nothing (and was ~10% of
+    the time of a 4-beam search at batch 8).
+    """
+    for layer in cache.layers:
+        layer.self_k = layer.self_k.index_select(0, rows)
+        layer.self_v = layer.self_v.index_select(0, rows)
 
 
 def beam_search(
@@ -101,7 +115,7 @@ def beam_search(
         rows = (first_row + parent.gather(1, pick)).view(-1)  # (B * K,) rows to continue
         history = history.index_select(0, rows)
         history[:, length] = token.gather(1, pick).view(-1)
-        cache.reorder(rows)
+        reorder_self_attention(cache, rows)
         running = live
 
         all_filled = finished.filled.all(dim=1)  # (B,)

@@ -10,6 +10,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from s2s.generation.beam import beam_search
 from s2s.generation.config import GenerationConfig
 from s2s.generation.search import token_by_token
 from s2s.generation.source import encode
@@ -37,7 +38,7 @@ def generate(
     L <= max_new_tokens is the longest row; a row without EOS was cut at max_new_tokens.
     Beam search returns the best hypothesis per input.
 
-    Runs under `torch.no_grad` with the model in eval mode (its mode is restored afterwards).
+    Runs under `torch.inference_mode` with the model in eval mode (its mode is restored afterwards).
     """
     config = config or GenerationConfig()
     if max_new_tokens is not None:
@@ -56,12 +57,14 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        # inference_mode skips autograd's version counting (a few % per step); the result is
+        # cloned outside it so callers get an ordinary tensor they may modify.
+        with torch.inference_mode():
             source = encode(model, input_ids, attention_mask)
             if config.strategy == "beam" and config.num_beams > 1:
-                from s2s.generation.beam import beam_search
-
-                return beam_search(model, source, config)
-            return token_by_token(model, source, config, generator)
+                tokens = beam_search(model, source, config)
+            else:
+                tokens = token_by_token(model, source, config, generator)
     finally:
         model.train(was_training)
+    return tokens.clone()
