@@ -36,9 +36,10 @@ def generate(
     Returns a (B, L) long tensor of NEW tokens only: no decoder start token (Hugging Face's
     `generate` output starts with it), each row's EOS included, and pad after it.
     L <= max_new_tokens is the longest row; a row without EOS was cut at max_new_tokens.
-    Beam search returns the best hypothesis per input.
+    Beam search returns the best hypothesis per input; with num_beams=1 it is greedy search
+    (as in `transformers`).
 
-    Runs under `torch.inference_mode` with the model in eval mode (its mode is restored afterwards).
+    Runs under `torch.inference_mode`, in eval mode (the model's mode is restored afterwards).
     """
     config = config or GenerationConfig()
     if max_new_tokens is not None:
