@@ -1,7 +1,7 @@
 """Decoding throughput of s2s `generate` vs Hugging Face `transformers` on the same weights.
 
 Run: python benchmarks/generate_throughput.py [--d-model 256] [--layers 4] [--vocab 8192]
-                                             [--new-tokens 64] [--repeats 3] [--threads 1]
+                                             [--new-tokens 64] [--repeats 5] [--threads 1]
                                              [--clock cpu|wall]
 
 A random HF T5 (v1.1 layout: gated-GELU, untied head, T5 relative positions; the vocabulary
@@ -11,7 +11,7 @@ Each decodes exactly --new-tokens tokens per input (min_new_tokens = max_new_tok
 early EOS on both sides) for prompts of --src-len tokens, with greedy search and 4-beam
 search, at batch 1 and 8. Tokens/s counts generated output tokens (batch * new tokens; beams
 are not counted).
-Reported: median time over --repeats runs after one warm-up run, at a fixed thread count.
+Reported: median time over --repeats runs after two warm-up runs, at a fixed thread count.
 
 The clock: `cpu` (default) is this process's CPU time, which on a machine shared with other
 jobs excludes the time the OS gives to them (with one thread, CPU time equals wall time on
@@ -52,19 +52,24 @@ def build(d_model: int, layers: int, vocab: int) -> T5ForConditionalGeneration:
 
 
 def median_seconds(
-    fn: Callable[[], torch.Tensor],
+    runs: dict[str, Callable[[], torch.Tensor]],
     repeats: int,
     expect: tuple[int, int],
     clock: Callable[[], float],
-) -> float:
-    out = fn()  # warm-up (and a check that both sides generate the same amount)
-    assert tuple(out.shape) == expect, (tuple(out.shape), expect)
-    times = []
+) -> dict[str, float]:
+    """Median time of each run. Runs alternate within every repeat, so a change in the load of
+    a shared machine hits both implementations alike; two warm-up rounds come first."""
+    for _ in range(2):
+        for name, fn in runs.items():
+            out = fn()  # also checks that both sides generate the same amount
+            assert tuple(out.shape) == expect, (name, tuple(out.shape), expect)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return statistics.median(times)
+        for name, fn in runs.items():
+            start = clock()
+            fn()
+            times[name].append(clock() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -74,7 +79,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--src-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     args = parser.parse_args()
@@ -114,9 +119,10 @@ def main() -> None:
                     )  # fmt: skip
                 return out[:, 1:]  # drop the decoder start token
 
-            ours_s = median_seconds(run_s2s, args.repeats, (batch, n), clock)
-            hf_s = median_seconds(run_hf, args.repeats, (batch, n), clock)
-            ours_tps, hf_tps = batch * n / ours_s, batch * n / hf_s
+            seconds = median_seconds(
+                {"s2s": run_s2s, "hf": run_hf}, args.repeats, (batch, n), clock
+            )
+            ours_tps, hf_tps = batch * n / seconds["s2s"], batch * n / seconds["hf"]
             print(
                 f"{strategy:<9}{batch:>6}{ours_tps:>12.1f}{hf_tps:>12.1f}{ours_tps / hf_tps:>8.2f}x"
             )
