@@ -1,7 +1,8 @@
 """A callback the training tests inject through the config (`+callbacks.record=...`).
 
 It writes, per rank, one JSON line per training batch: global step, loss, and a fingerprint of
-every row of the batch, so tests can compare losses across runs and data across ranks.
+every row of the batch (targets and noised inputs), so tests can compare losses across runs
+and data across ranks and epochs.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ class RecordBatches(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
         rows = [hashlib.sha1(row.numpy().tobytes()).hexdigest()[:12] for row in batch["labels"]]
+        inputs = [
+            hashlib.sha1(row.numpy().tobytes()).hexdigest()[:12] for row in batch["input_ids"]
+        ]
         record = {
             "step": trainer.global_step,
             "epoch": trainer.current_epoch,
             "loss": float(outputs["loss"]),
             "rows": rows,
+            "inputs": inputs,
         }
         path = self.path.with_name(f"{self.path.stem}.rank{trainer.global_rank}.jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)

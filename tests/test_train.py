@@ -160,6 +160,23 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
         assert resumed[step]["loss"] == pytest.approx(uninterrupted[step]["loss"], rel=1e-5), step
 
 
+def test_every_epoch_reshuffles_and_renoises_the_same_texts(tiny_data, tmp_path):
+    path = tmp_path / "epochs.json"
+    overrides = [*overrides_for(tiny_data, tmp_path), *record(path), "data.batch_size=8"]
+    cfg = compose_train(
+        [*overrides, "trainer.max_steps=-1", "trainer.max_epochs=2", "scheduler=constant"]
+    )
+    train(cfg)
+    steps = read_records(path)
+    by_epoch = [[s for s in steps if s["epoch"] == e] for e in (0, 1)]
+    assert by_epoch[0] and len(by_epoch[0]) == len(by_epoch[1])
+    rows = [[r for s in epoch for r in s["rows"]] for epoch in by_epoch]
+    inputs = [{r for s in epoch for r in s["inputs"]} for epoch in by_epoch]
+    assert sorted(rows[0]) == sorted(rows[1])  # the same texts (targets) every epoch...
+    assert rows[0] != rows[1]  # ...in another order...
+    assert not inputs[0] & inputs[1]  # ...with fresh noise on every one of them
+
+
 def test_same_seed_same_losses_other_seed_other_losses(tiny_data, tmp_path):
     runs = {}
     for name, seed in [("a", 7), ("b", 7), ("c", 8)]:

@@ -8,7 +8,8 @@ ranks see disjoint data with no communication, and every rank gets the same numb
 (DDP needs that: the last few are filled by wrapping around).
 
 The sampler yields lists of keys (epoch, index): the dataset seeds each item's noise from them.
-Lightning calls `set_epoch` on it at the start of every epoch.
+Lightning calls `set_epoch` at the start of every epoch, on `loader.batch_sampler.sampler`
+(not on the batch sampler itself): `sampler` is therefore a small handle that forwards it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         self.bucket_size = bucket_size
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
+        self.sampler = _EpochHandle(self)  # where Lightning looks for set_epoch
         self._skip: tuple[int, int] | None = None  # (epoch, batches) consumed before a resume
 
     def set_epoch(self, epoch: int) -> None:
@@ -78,3 +80,13 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
             skip, self._skip = self._skip[1], None
         for batch in mine[skip:]:
             yield [(self.epoch, int(i)) for i in batch]
+
+
+class _EpochHandle:
+    """Forwards `set_epoch` to the batch sampler that owns it."""
+
+    def __init__(self, owner: BucketBatchSampler) -> None:
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)
