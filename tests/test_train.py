@@ -87,6 +87,18 @@ def test_debug_smoke_pretraining(tiny_data, tmp_path):
     assert (tmp_path / "run" / "model_config.json").is_file()
 
 
+def test_bf16_mixed_precision_is_a_trainer_override(tiny_data, tmp_path):
+    cfg = compose_train(
+        [
+            *overrides_for(tiny_data, tmp_path),
+            "trainer.fast_dev_run=2",
+            "trainer.precision=bf16-mixed",
+        ]
+    )
+    result = train(cfg)
+    assert 0 < result["metrics"]["train/loss"] < 20
+
+
 def test_pretraining_run_writes_checkpoints_and_logs(tiny_data, tmp_path):
     result = train(compose_train(overrides_for(tiny_data, tmp_path)))
     metrics = result["metrics"]
