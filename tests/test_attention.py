@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from s2s.model.attention import AttentionMask, CrossAttention, SelfAttention, attend, build_mask
+from s2s.model.attention import (
+    AttentionMask,
+    CrossAttention,
+    SelfAttention,
+    attend,
+    build_mask,
+    sdpa_is_fused,
+)
 from s2s.model.cache import LayerCache
 
 LOWEST = torch.finfo(torch.float32).min
@@ -59,11 +66,16 @@ def test_math_attention_hand_worked():
     torch.testing.assert_close(out[0, 0, 0], v[0, 0, 0])
 
 
-@pytest.mark.parametrize("case", ["none", "padding", "causal", "causal_prefix", "bias_padding"])
+CASES = ["none", "padding", "causal", "causal_prefix", "bias_padding", "frozen_bias_padding"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_sdpa_equals_math_values_and_gradients(case):
     b, h, t, s, dh = 2, 3, 5, 5, 8
     padding = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    bias = randn(1, h, t, s, seed=4, requires_grad=True) if case == "bias_padding" else None
+    bias = None
+    if case.endswith("bias_padding"):  # a frozen bias keeps SDPA on its fused CPU kernel
+        bias = randn(1, h, t, s, seed=4, requires_grad=not case.startswith("frozen"))
     if case == "causal_prefix":
         t = 2  # queries 3 and 4 of 5 keys, as after a cached prefix
     kwargs = {
@@ -72,21 +84,43 @@ def test_sdpa_equals_math_values_and_gradients(case):
         "causal": dict(padding_mask=None, causal=True),
         "causal_prefix": dict(padding_mask=padding, causal=True),
         "bias_padding": dict(padding_mask=padding, causal=True, bias=bias),
+        "frozen_bias_padding": dict(padding_mask=padding, causal=True, bias=bias),
     }[case]
     results = {}
     for backend in ("sdpa", "math"):
         q = randn(b, h, t, dh, seed=1, requires_grad=True)
         k = randn(b, h, s, dh, seed=2, requires_grad=True)
         v = randn(b, h, s, dh, seed=3, requires_grad=True)
-        if bias is not None:
+        if bias is not None and bias.requires_grad:
             bias.grad = None
         mask = build_mask(q_len=t, k_len=s, **kwargs)
         out = attend(q, k, v, mask, scale=dh**-0.5, dropout=0.0, backend=backend)
         (out * randn(*out.shape, seed=5)).sum().backward()
-        grads = [q.grad, k.grad, v.grad] + ([bias.grad.clone()] if bias is not None else [])
+        grads = [q.grad, k.grad, v.grad]
+        if bias is not None and bias.requires_grad:
+            grads.append(bias.grad.clone())
         results[backend] = [out.detach(), *grads]
     for sdpa, math_ in zip(results["sdpa"], results["math"], strict=True):
         torch.testing.assert_close(sdpa, math_, atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_is_fused_on_cpu_only_without_dropout_or_bias_gradient():
+    q = randn(1, 2, 3, 4)
+    bias = randn(1, 2, 3, 3, requires_grad=True)
+    assert sdpa_is_fused(q, AttentionMask(is_causal=True), dropout=0.0)
+    assert sdpa_is_fused(q, AttentionMask(bias.detach()), dropout=0.0)
+    assert not sdpa_is_fused(q, AttentionMask(bias), dropout=0.0)
+    assert not sdpa_is_fused(q, AttentionMask(), dropout=0.1)
+
+
+def test_sdpa_backend_with_dropout_matches_math_for_the_same_seed():
+    # on CPU SDPA cannot drop out inside its fused kernel, so "sdpa" runs the math path
+    q, k, v = randn(2, 2, 4, 8, seed=1), randn(2, 2, 6, 8, seed=2), randn(2, 2, 6, 8, seed=3)
+    outs = []
+    for backend in ("sdpa", "math"):
+        torch.manual_seed(7)
+        outs.append(attend(q, k, v, AttentionMask(), scale=0.5, dropout=0.3, backend=backend))
+    torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
 
 
 def _separate_projection_reference(attn: SelfAttention, x, scale):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from s2s.model.cache import LayerCache
+from s2s.model.dropout import dropout as apply_dropout
 from s2s.model.positions import RotaryAngles
 
 
@@ -83,12 +84,19 @@ def attend(
     dropout: float,
     backend: str,
 ) -> Tensor:
-    """Scaled dot-product attention: q (B, H, T, Dh), k and v (B, H, S, Dh) -> (B, H, T, Dh)."""
-    if backend == "sdpa":
+    """Scaled dot-product attention: q (B, H, T, Dh), k and v (B, H, S, Dh) -> (B, H, T, Dh).
+
+    "sdpa" calls torch's fused kernel where it has one for these inputs and otherwise runs
+    the math below, which is faster than SDPA's own unfused fallback (that one also scales
+    q and k separately and checks for fully masked rows).
+    """
+    if backend == "sdpa" and sdpa_is_fused(q, mask, dropout):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask.tensor, dropout_p=dropout, is_causal=mask.is_causal, scale=scale
         )
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    scores = torch.matmul(q, k.transpose(-2, -1))  # (B, H, T, S)
+    if scale != 1.0:
+        scores = scores * scale
     lowest = torch.finfo(scores.dtype).min
     if mask.is_causal:
         t, s = scores.shape[-2:]
@@ -99,8 +107,21 @@ def attend(
     elif mask.tensor is not None:
         scores = scores + mask.tensor
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    probs = F.dropout(probs, p=dropout, training=dropout > 0.0)
+    probs = apply_dropout(probs, dropout, training=dropout > 0.0)
     return torch.matmul(probs, v)  # (B, H, T, Dh)
+
+
+def sdpa_is_fused(q: Tensor, mask: AttentionMask, dropout: float) -> bool:
+    """Whether `F.scaled_dot_product_attention` runs a fused kernel rather than its math.
+
+    On CPU (torch 2.4 - 2.13) the fused (flash) kernel takes no dropout and no mask that
+    needs a gradient, such as T5's learned relative bias in training. CUDA's memory-efficient
+    kernel takes both.
+    """
+    if q.device.type != "cpu":
+        return True
+    bias_needs_grad = mask.tensor is not None and mask.tensor.requires_grad
+    return dropout == 0.0 and not bias_needs_grad
 
 
 def _split_heads(x: Tensor, n_parts: int, n_heads: int) -> list[Tensor]:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from s2s.config import ACTIVATIONS
+from s2s.model.dropout import Dropout
 
 
 def activate(x: Tensor, activation: str) -> Tensor:
@@ -47,7 +48,7 @@ class FeedForward(nn.Module):
         self.gated = gated
         self.wi = nn.Linear(d_model, (2 if gated else 1) * d_ff, bias=bias)
         self.wo = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from s2s.config import ModelConfig
 from s2s.model.attention import build_mask
 from s2s.model.cache import DecoderCache
+from s2s.model.dropout import Dropout
 from s2s.model.layers import DecoderLayer, EncoderLayer
 from s2s.model.norms import make_norm
 from s2s.model.positions import (
@@ -45,7 +46,7 @@ class InputEmbedding(nn.Module):
             if config.embedding_norm
             else None
         )
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
         """ids (B, L) -> (B, L, D); `offset` is the absolute position of ids[:, 0]."""
@@ -85,7 +86,7 @@ class _Stack(nn.Module):
         self.final_norm = (
             make_norm(config.norm, config.d_model, config.norm_eps) if config.final_norm else None
         )
-        self.final_dropout = nn.Dropout(config.dropout)
+        self.final_dropout = Dropout(config.dropout)
 
     def _bias(self, q_len: int, k_len: int, offset: int) -> Tensor | None:
         if self.relative_bias is None:

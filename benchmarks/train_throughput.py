@@ -1,0 +1,303 @@
+"""Training throughput of s2s against transformers' T5: same weights, same process, interleaved.
+
+Run: python benchmarks/train_throughput.py [--shapes t5_small tiny] [--dtypes float32 bfloat16]
+         [--batch-size N] [--warmup 2] [--steps 6] [--device cpu|cuda] [--compile]
+
+For each shape a randomly initialised HF `T5ForConditionalGeneration` is built from a config
+(never downloaded) and converted with `s2s.interop.hf.from_hf`, so both models start from
+identical weights. One training step is forward, cross-entropy (as in `Seq2SeqLitModule.loss`),
+backward and a `torch.optim.AdamW` step; in bf16 the forward and loss run under
+`torch.autocast(device_type, torch.bfloat16)` with float32 weights. The implementations take
+turns step by step (the first to go alternates), warm-up steps are dropped, and each reports
+the median step time. Inputs are full-length random ids (packed pre-training batches: no
+padding), with an all-ones attention mask passed as the training loop does.
+
+Columns
+  tok/s     (source + target tokens) * batch / median step time.
+  ratio     s2s tok/s / transformers tok/s in the same run.
+  peak MiB  CUDA: max_memory_allocated during one extra step, minus the memory allocated
+            before it. CPU: the process's peak resident set (VmHWM, reset through
+            /proc/self/clear_refs) during one extra step, minus the resident set before it
+            (after `malloc_trim`), i.e. the activation and gradient memory the step touched;
+            "n/a" where /proc is unavailable.
+  MFU       model FLOPs per step / median step time / the matmul rate measured in this run
+            (a square `torch.matmul` of --matmul-size in the step's compute dtype).
+
+Model FLOPs per step (`train_flops`) count matrix multiplies only, 2 FLOPs per multiply-add,
+and training = 3 x forward (backward is twice the forward):
+    6 * (B*S * N_enc + B*T * N_dec + B*S * N_cross_kv + B*T * D*V)
+      + 6 * 2 * B * Dh*H * (L_enc * S*S + L_dec * (T*T + T*S))
+where N_enc / N_dec are the per-token weight-matrix parameters of the encoder / decoder
+layers (attention projections and feed-forward; the decoder's cross-attention k/v
+projections, N_cross_kv, run over the S source tokens instead), D*V is the LM head, and the
+last term is QK^T and AV (the full square, causal masking not discounted). Norms, softmax,
+activations, embedding lookups and the optimiser are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import T5Config, T5ForConditionalGeneration
+
+from s2s.config import ModelConfig
+from s2s.interop.hf import from_hf
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    hf_config: dict
+    src_len: int
+    tgt_len: int
+    batch: dict[str, int]  # default batch size per device type
+
+
+SHAPES = {
+    # T5 v1.0 small (Raffel et al. 2020): ReLU, relative bias, tied and scaled logits.
+    "t5_small": Shape(
+        dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
+             feed_forward_proj="relu", tie_word_embeddings=True),
+        src_len=512, tgt_len=114, batch={"cpu": 4, "cuda": 32},
+    ),
+    # The `tiny` preset's sizes as a T5 v1.1-style model (gated SiLU, untied logits); T5 has
+    # no rotary positions, so both sides use the relative bias.
+    "tiny": Shape(
+        dict(vocab_size=8192, d_model=256, d_kv=64, d_ff=1024, num_layers=3, num_heads=4,
+             feed_forward_proj="gated-silu", tie_word_embeddings=False),
+        src_len=128, tgt_len=128, batch={"cpu": 16, "cuda": 128},
+    ),
+}  # fmt: skip
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def train_flops(cfg: ModelConfig, batch: int, src_len: int, tgt_len: int) -> float:
+    """Matmul FLOPs of one training step (forward + backward); formula in the module doc."""
+    d, inner, ff = cfg.d_model, cfg.inner_dim, cfg.d_ff * (2 if cfg.gated_ffn else 1)
+    ffn = d * ff + cfg.d_ff * d
+    enc_layer = 4 * d * inner + ffn  # q, k, v, out + feed-forward
+    dec_layer = 4 * d * inner + 2 * d * inner + ffn  # self q, k, v, out + cross q, out + ffn
+    cross_kv = 2 * d * inner
+    macs = batch * (
+        src_len * cfg.n_encoder_layers * enc_layer
+        + tgt_len * cfg.n_decoder_layers * dec_layer
+        + src_len * cfg.n_decoder_layers * cross_kv
+        + tgt_len * d * cfg.vocab_size
+    )
+    attention = batch * 2 * inner * (
+        cfg.n_encoder_layers * src_len * src_len
+        + cfg.n_decoder_layers * (tgt_len * tgt_len + tgt_len * src_len)
+    )
+    return 6.0 * (macs + attention)
+
+
+def matmul_rate(dtype: torch.dtype, device: torch.device, size: int, repeats: int = 10) -> float:
+    """Achievable FLOP/s of a square matmul in `dtype` (median of `repeats` after warm-up)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    times = []
+    for _ in range(repeats + 2):
+        start = _now(device)
+        torch.matmul(a, b)
+        times.append(_now(device) - start)
+    return 2 * size**3 / statistics.median(times[2:])
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class PeakMemory:
+    """Peak memory a step adds (bytes), or None when it cannot be measured."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.clear_refs = Path("/proc/self/clear_refs")
+        self.libc = _libc()
+
+    def measure(self, step: Callable[[], None]) -> int | None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            step()
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - before
+        if not self.clear_refs.exists() or self.libc is None:
+            return None
+        self.libc.malloc_trim(0)  # hand freed heap pages back so RSS counts live memory
+        self.clear_refs.write_text("5")  # reset VmHWM to the current RSS
+        before = _proc_status_kib("VmRSS")
+        step()
+        return (_proc_status_kib("VmHWM") - before) * 1024
+
+
+def _libc():
+    with contextlib.suppress(OSError):
+        return ctypes.CDLL("libc.so.6")
+    return None
+
+
+def _proc_status_kib(key: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE).group(1))
+
+
+@dataclasses.dataclass
+class Batch:
+    input_ids: Tensor  # (B, S)
+    attention_mask: Tensor  # (B, S), all ones
+    labels: Tensor  # (B, T)
+    decoder_input_ids: Tensor  # (B, T), labels shifted right
+
+
+def random_batch(cfg: ModelConfig, batch: int, shape: Shape, device: torch.device) -> Batch:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, cfg.vocab_size, (batch, shape.src_len), generator=gen)
+    labels = torch.randint(2, cfg.vocab_size, (batch, shape.tgt_len), generator=gen)
+    start = torch.full((batch, 1), cfg.decoder_start_token_id)
+    decoder_ids = torch.cat([start, labels[:, :-1]], dim=1)
+    return Batch(*(t.to(device) for t in (ids, torch.ones_like(ids), labels, decoder_ids)))
+
+
+def s2s_logits(model: nn.Module) -> Callable[[Batch], Tensor]:
+    return lambda b: model(b.input_ids, b.decoder_input_ids, b.attention_mask)
+
+
+def hf_logits(model: nn.Module) -> Callable[[Batch], Tensor]:
+    return lambda b: model(
+        input_ids=b.input_ids, attention_mask=b.attention_mask, decoder_input_ids=b.decoder_input_ids
+    ).logits
+
+
+@dataclasses.dataclass
+class Runner:
+    """One implementation: its logits function, parameters and optimiser."""
+
+    name: str
+    logits: Callable[[Batch], Tensor]
+    optimizer: torch.optim.Optimizer
+    times: list[float] = dataclasses.field(default_factory=list)
+
+    def step(self, batch: Batch, autocast: contextlib.AbstractContextManager) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            logits = self.logits(batch)  # (B, T, V)
+            # the training loop's loss (Seq2SeqLitModule.loss)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.labels.flatten())
+        loss.backward()
+        self.optimizer.step()
+
+
+def build_models(shape: Shape, dropout: float, device: torch.device):
+    torch.manual_seed(0)
+    config = T5Config(**shape.hf_config, dropout_rate=dropout, decoder_start_token_id=0)
+    hf = T5ForConditionalGeneration(config).to(device).train()
+    ours = from_hf(hf).to(device).train()
+    return ours, hf
+
+
+def check_parity(ours: nn.Module, hf: nn.Module, batch: Batch) -> float:
+    """Max abs logit difference in eval mode (float32): the weights really are identical."""
+    ours.eval(), hf.eval()
+    with torch.no_grad():
+        error = (s2s_logits(ours)(batch) - hf_logits(hf)(batch)).abs().max().item()
+    ours.train(), hf.train()
+    return error
+
+
+def run_shape(name: str, args: argparse.Namespace, device: torch.device, rates: dict) -> list:
+    shape = SHAPES[name]
+    batch_size = args.batch_size or shape.batch[device.type]
+    ours, hf = build_models(shape, args.dropout, device)
+    batch = random_batch(ours.config, batch_size, shape, device)
+    print(f"# {name}: parity max |logit diff| = {check_parity(ours, hf, batch):.2e}", flush=True)
+    flops = train_flops(ours.config, batch_size, shape.src_len, shape.tgt_len)
+    tokens = batch_size * (shape.src_len + shape.tgt_len)
+    rows = []
+    for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
+        runners = [
+            Runner("s2s", s2s_logits(ours), torch.optim.AdamW(ours.parameters(), lr=1e-4)),
+            Runner("transformers", hf_logits(hf), torch.optim.AdamW(hf.parameters(), lr=1e-4)),
+        ]
+        if args.compile:
+            compiled = s2s_logits(torch.compile(ours))
+            runners.insert(1, Runner("s2s+compile", compiled, runners[0].optimizer))
+        for i in range(args.warmup + args.steps):
+            order = runners if i % 2 == 0 else runners[::-1]
+            for runner in order:
+                start = _now(device)
+                runner.step(batch, _autocast(dtype, device))
+                elapsed = _now(device) - start
+                if i >= args.warmup:
+                    runner.times.append(elapsed)
+        memory = PeakMemory(device)
+        reference = tokens / statistics.median(runners[-1].times)  # transformers
+        for runner in runners:
+            peak = memory.measure(lambda r=runner: r.step(batch, _autocast(dtype, device)))
+            seconds = statistics.median(runner.times)
+            rows.append(
+                (
+                    f"{name} B={batch_size} S={shape.src_len} T={shape.tgt_len}",
+                    dtype_name,
+                    runner.name,
+                    f"{tokens / seconds:,.0f}",
+                    f"{tokens / seconds / reference:.2f}",
+                    "n/a" if peak is None else f"{peak / 2**20:,.0f}",
+                    f"{100 * flops / seconds / rates[dtype_name]:.1f}%",
+                )
+            )
+            print(" | ".join(rows[-1]), flush=True)
+    return rows
+
+
+def _autocast(dtype: torch.dtype, device: torch.device) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument("--batch-size", type=int, default=None, help="default: per shape")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--dropout", type=float, default=0.1, help="T5's dropout_rate")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(s2s)")
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    rates = {}
+    for name in args.dtypes:
+        rates[name] = matmul_rate(DTYPES[name], device, args.matmul_size)
+        print(f"# matmul {args.matmul_size}^2 {name}: {rates[name] / 1e9:,.1f} GFLOP/s")
+    header = ("shape", "dtype", "implementation", "tok/s", "ratio", "peak MiB", "MFU")
+    rows = []
+    for name in args.shapes:
+        rows += run_shape(name, args, device, rates)
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
