@@ -133,17 +133,21 @@ class Seq2SeqLitModule(L.LightningModule):
         if "val/loss" in metrics:
             self.log("val/ppl", math.exp(min(float(metrics["val/loss"]), 50.0)), sync_dist=True)
         batches, self._val_batches = self._val_batches, []
-        if self.trainer.sanity_checking or not batches:
-            return
         if self.trainer.is_global_zero and "val/loss" in metrics:
             # One line per validation in the console and the run's train.log, also when no
-            # progress bar is drawn (output redirected to a file, a batch job).
+            # progress bar is drawn (output redirected to a file, a batch job). The sanity
+            # check before training gives the starting point.
+            when = f"step {self.global_step}"
+            if self.trainer.sanity_checking:
+                when += " (before training)" if self.global_step == 0 else " (sanity check)"
             log.info(
-                "step %d: val/loss %.4f, val/token_acc %.4f",
-                self.global_step,
+                "%s: val/loss %.4f, val/token_acc %.4f",
+                when,
                 float(metrics["val/loss"]),
                 float(metrics.get("val/token_acc", float("nan"))),
             )
+        if self.trainer.sanity_checking or not batches:
+            return
         outputs = self._decode_examples(batches)
         if self.pairs and self.eval_config.generation_examples:
             predictions, references = outputs["predictions"], outputs["targets"]
