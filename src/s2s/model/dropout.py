@@ -9,8 +9,8 @@ that CPU. Here each 64-bit random word from the torch generator is cut into four
 of the 2**16 values: the drop probability is p rounded to a multiple of 2**-16 (0.1 becomes
 0.1000061; torch's float uniforms are themselves only 24-bit). Kept elements are scaled by
 1 / (1 - that probability), so the expectation is unchanged, and the mask is applied as in
-torch (`x * (keep * scale)` in x's dtype). Other devices keep torch's fused kernel, as does
-torch.compile, which generates its own fused dropout.
+torch (`x * (keep * scale)` in x's dtype). Under torch.compile on CPU this is also about twice
+as fast as Inductor's own dropout. Other devices keep torch's fused kernel.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ def keep_mask(
 ) -> Tensor:
     """A bool tensor of `shape`, True (keep) with probability 1 - drop_levels(p) / 2**16."""
     n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
-    words.random_(-(2**63), None, generator=generator)  # every bit uniform
+    # 64 random bits a word (the top value is missing from the range: a 2**-64 bias)
+    words = torch.randint(
+        -(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device, generator=generator
+    )
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform in [-2**15, 2**15)
     return lanes >= drop_levels(p) - 2**15
 
@@ -44,7 +46,7 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Zero elements with probability p and scale the rest by 1 / (1 - p) when training."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or torch.compiler.is_compiling():
+    if x.device.type != "cpu":
         return F.dropout(x, p, training=True)  # a fused kernel (CUDA, or Inductor's own RNG)
     scale = _LEVELS / (_LEVELS - drop_levels(p))  # 1 / (1 - quantised p)
     return x * keep_mask(x.shape, p, device=x.device).to(x.dtype).mul_(scale)
