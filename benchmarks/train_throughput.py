@@ -1,7 +1,8 @@
 """Training throughput of s2s against transformers' T5: same weights, same process, interleaved.
 
 Run: python benchmarks/train_throughput.py [--shapes t5_small tiny] [--dtypes float32 bfloat16]
-         [--batch-size N] [--warmup 2] [--steps 6] [--device cpu|cuda] [--compile]
+         [--batch-size N] [--warmup 2] [--steps 6] [--dropout 0.1] [--device cpu|cuda]
+         [--threads N] [--compile]
 
 For each shape a randomly initialised HF `T5ForConditionalGeneration` is built from a config
 (never downloaded) and converted with `s2s.interop.hf.from_hf`, so both models start from
@@ -40,6 +41,7 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import re
 import statistics
 import time
@@ -48,6 +50,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import Tensor, nn
 from transformers import T5Config, T5ForConditionalGeneration
 
@@ -94,9 +97,14 @@ def train_flops(cfg: ModelConfig, batch: int, src_len: int, tgt_len: int) -> flo
         + src_len * cfg.n_decoder_layers * cross_kv
         + tgt_len * d * cfg.vocab_size
     )
-    attention = batch * 2 * inner * (
-        cfg.n_encoder_layers * src_len * src_len
-        + cfg.n_decoder_layers * (tgt_len * tgt_len + tgt_len * src_len)
+    attention = (
+        batch
+        * 2
+        * inner
+        * (
+            cfg.n_encoder_layers * src_len * src_len
+            + cfg.n_decoder_layers * (tgt_len * tgt_len + tgt_len * src_len)
+        )
     )
     return 6.0 * (macs + attention)
 
@@ -177,28 +185,44 @@ def s2s_logits(model: nn.Module) -> Callable[[Batch], Tensor]:
 
 
 def hf_logits(model: nn.Module) -> Callable[[Batch], Tensor]:
-    return lambda b: model(
-        input_ids=b.input_ids, attention_mask=b.attention_mask, decoder_input_ids=b.decoder_input_ids
-    ).logits
+    return lambda b: (
+        model(
+            input_ids=b.input_ids,
+            attention_mask=b.attention_mask,
+            decoder_input_ids=b.decoder_input_ids,
+        ).logits
+    )
 
 
 @dataclasses.dataclass
 class Runner:
-    """One implementation: its logits function, parameters and optimiser."""
+    """One implementation: its logits function, optimiser, autocast and measured step times."""
 
     name: str
     logits: Callable[[Batch], Tensor]
     optimizer: torch.optim.Optimizer
+    autocast: Callable[[], contextlib.AbstractContextManager]
     times: list[float] = dataclasses.field(default_factory=list)
 
-    def step(self, batch: Batch, autocast: contextlib.AbstractContextManager) -> None:
+    def step(self, batch: Batch) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast:
+        with self.autocast():
             logits = self.logits(batch)  # (B, T, V)
             # the training loop's loss (Seq2SeqLitModule.loss)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.labels.flatten())
         loss.backward()
         self.optimizer.step()
+
+
+def interleave(runners: list[Runner], batch: Batch, args: argparse.Namespace, device) -> None:
+    """Step the runners in turn (the first to go alternates); record times after warm-up."""
+    for i in range(args.warmup + args.steps):
+        for runner in runners if i % 2 == 0 else runners[::-1]:
+            start = _now(device)
+            runner.step(batch)
+            elapsed = _now(device) - start
+            if i >= args.warmup:
+                runner.times.append(elapsed)
 
 
 def build_models(shape: Shape, dropout: float, device: torch.device):
@@ -223,41 +247,39 @@ def run_shape(name: str, args: argparse.Namespace, device: torch.device, rates: 
     batch_size = args.batch_size or shape.batch[device.type]
     ours, hf = build_models(shape, args.dropout, device)
     batch = random_batch(ours.config, batch_size, shape, device)
-    print(f"# {name}: parity max |logit diff| = {check_parity(ours, hf, batch):.2e}", flush=True)
+    error = check_parity(ours, hf, batch)
+    attn = hf.config._attn_implementation
+    print(f"# {name}: max |logit diff| s2s vs HF ({attn} attention) = {error:.2e}", flush=True)
     flops = train_flops(ours.config, batch_size, shape.src_len, shape.tgt_len)
     tokens = batch_size * (shape.src_len + shape.tgt_len)
+    label = f"{name} B={batch_size} S={shape.src_len} T={shape.tgt_len}"
     rows = []
     for dtype_name in args.dtypes:
-        dtype = DTYPES[dtype_name]
+        autocast = functools.partial(_autocast, DTYPES[dtype_name], device)
+        ours_adam = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+        hf_adam = torch.optim.AdamW(hf.parameters(), lr=1e-4)
         runners = [
-            Runner("s2s", s2s_logits(ours), torch.optim.AdamW(ours.parameters(), lr=1e-4)),
-            Runner("transformers", hf_logits(hf), torch.optim.AdamW(hf.parameters(), lr=1e-4)),
+            Runner("s2s", s2s_logits(ours), ours_adam, autocast),
+            Runner("transformers", hf_logits(hf), hf_adam, autocast),
         ]
         if args.compile:
             compiled = s2s_logits(torch.compile(ours))
-            runners.insert(1, Runner("s2s+compile", compiled, runners[0].optimizer))
-        for i in range(args.warmup + args.steps):
-            order = runners if i % 2 == 0 else runners[::-1]
-            for runner in order:
-                start = _now(device)
-                runner.step(batch, _autocast(dtype, device))
-                elapsed = _now(device) - start
-                if i >= args.warmup:
-                    runner.times.append(elapsed)
+            runners.insert(1, Runner("s2s+compile", compiled, ours_adam, autocast))
+        interleave(runners, batch, args, device)
         memory = PeakMemory(device)
         reference = tokens / statistics.median(runners[-1].times)  # transformers
         for runner in runners:
-            peak = memory.measure(lambda r=runner: r.step(batch, _autocast(dtype, device)))
-            seconds = statistics.median(runner.times)
+            peak = memory.measure(functools.partial(runner.step, batch))
+            per_second = tokens / statistics.median(runner.times)
             rows.append(
                 (
-                    f"{name} B={batch_size} S={shape.src_len} T={shape.tgt_len}",
+                    label,
                     dtype_name,
                     runner.name,
-                    f"{tokens / seconds:,.0f}",
-                    f"{tokens / seconds / reference:.2f}",
+                    f"{per_second:,.0f}",
+                    f"{per_second / reference:.2f}",
                     "n/a" if peak is None else f"{peak / 2**20:,.0f}",
-                    f"{100 * flops / seconds / rates[dtype_name]:.1f}%",
+                    f"{100 * flops * per_second / tokens / rates[dtype_name]:.1f}%",
                 )
             )
             print(" | ".join(rows[-1]), flush=True)
@@ -279,11 +301,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--dropout", type=float, default=0.1, help="T5's dropout_rate")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(s2s)")
     parser.add_argument("--matmul-size", type=int, default=2048)
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"# torch {torch.__version__}, transformers {transformers.__version__},"
+        f" {torch.get_num_threads()} threads, device {device}, dropout {args.dropout}"
+    )
     rates = {}
     for name in args.dtypes:
         rates[name] = matmul_rate(DTYPES[name], device, args.matmul_size)
