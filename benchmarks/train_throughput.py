@@ -21,8 +21,9 @@ Columns
             /proc/self/clear_refs) during one extra step, minus the resident set before it
             (after `malloc_trim`), i.e. the activation and gradient memory the step touched;
             "n/a" where /proc is unavailable.
-  MFU       model FLOPs per step / median step time / the matmul rate measured in this run
-            (a square `torch.matmul` of --matmul-size in the step's compute dtype).
+  MFU       model FLOPs per step / median step time / the median rate of a square
+            `torch.matmul` (--matmul-size, in the step's compute dtype) timed in turn with
+            the steps, so under the same machine load.
 
 Model FLOPs per step (`train_flops`) count matrix multiplies only, 2 FLOPs per multiply-add,
 and training = 3 x forward (backward is twice the forward):
@@ -109,16 +110,24 @@ def train_flops(cfg: ModelConfig, batch: int, src_len: int, tgt_len: int) -> flo
     return 6.0 * (macs + attention)
 
 
-def matmul_rate(dtype: torch.dtype, device: torch.device, size: int, repeats: int = 10) -> float:
-    """Achievable FLOP/s of a square matmul in `dtype` (median of `repeats` after warm-up)."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    times = []
-    for _ in range(repeats + 2):
-        start = _now(device)
-        torch.matmul(a, b)
-        times.append(_now(device) - start)
-    return 2 * size**3 / statistics.median(times[2:])
+class MatmulProbe:
+    """Times a square matmul in the step's compute dtype, in turn with the training steps.
+
+    Its median rate (FLOP/s) is the "achievable" rate MFU is measured against; timing it in
+    the same loop as the steps exposes it to the same machine load.
+    """
+
+    def __init__(self, dtype: torch.dtype, device: torch.device, size: int) -> None:
+        self.a = torch.randn(size, size, device=device).to(dtype)
+        self.b = torch.randn(size, size, device=device).to(dtype)
+        self.flops = 2 * size**3
+        self.times: list[float] = []
+
+    def step(self, batch: Batch) -> None:  # same call as Runner.step; the batch is unused
+        torch.matmul(self.a, self.b)
+
+    def rate(self) -> float:
+        return self.flops / statistics.median(self.times)
 
 
 def _now(device: torch.device) -> float:
@@ -214,10 +223,13 @@ class Runner:
         self.optimizer.step()
 
 
-def interleave(runners: list[Runner], batch: Batch, args: argparse.Namespace, device) -> None:
-    """Step the runners in turn (the first to go alternates); record times after warm-up."""
+def interleave(
+    runners: list[Runner], probe: MatmulProbe, batch: Batch, args: argparse.Namespace, device
+) -> None:
+    """Step the runners and the matmul probe in turn (the first runner alternates); record
+    times after warm-up."""
     for i in range(args.warmup + args.steps):
-        for runner in runners if i % 2 == 0 else runners[::-1]:
+        for runner in [*(runners if i % 2 == 0 else runners[::-1]), probe]:
             start = _now(device)
             runner.step(batch)
             elapsed = _now(device) - start
@@ -242,7 +254,7 @@ def check_parity(ours: nn.Module, hf: nn.Module, batch: Batch) -> float:
     return error
 
 
-def run_shape(name: str, args: argparse.Namespace, device: torch.device, rates: dict) -> list:
+def run_shape(name: str, args: argparse.Namespace, device: torch.device) -> list:
     shape = SHAPES[name]
     batch_size = args.batch_size or shape.batch[device.type]
     ours, hf = build_models(shape, args.dropout, device)
@@ -265,7 +277,9 @@ def run_shape(name: str, args: argparse.Namespace, device: torch.device, rates: 
         if args.compile:
             compiled = s2s_logits(torch.compile(ours))
             runners.insert(1, Runner("s2s+compile", compiled, ours_adam, autocast))
-        interleave(runners, batch, args, device)
+        probe = MatmulProbe(DTYPES[dtype_name], device, args.matmul_size)
+        interleave(runners, probe, batch, args, device)
+        print(f"# matmul {args.matmul_size}^2 {dtype_name}: {probe.rate() / 1e9:,.1f} GFLOP/s")
         memory = PeakMemory(device)
         reference = tokens / statistics.median(runners[-1].times)  # transformers
         for runner in runners:
@@ -279,7 +293,7 @@ def run_shape(name: str, args: argparse.Namespace, device: torch.device, rates: 
                     f"{per_second:,.0f}",
                     f"{per_second / reference:.2f}",
                     "n/a" if peak is None else f"{peak / 2**20:,.0f}",
-                    f"{100 * flops * per_second / tokens / rates[dtype_name]:.1f}%",
+                    f"{100 * flops * per_second / tokens / probe.rate():.1f}%",
                 )
             )
             print(" | ".join(rows[-1]), flush=True)
@@ -312,14 +326,10 @@ def main() -> None:
         f"# torch {torch.__version__}, transformers {transformers.__version__},"
         f" {torch.get_num_threads()} threads, device {device}, dropout {args.dropout}"
     )
-    rates = {}
-    for name in args.dtypes:
-        rates[name] = matmul_rate(DTYPES[name], device, args.matmul_size)
-        print(f"# matmul {args.matmul_size}^2 {name}: {rates[name] / 1e9:,.1f} GFLOP/s")
     header = ("shape", "dtype", "implementation", "tok/s", "ratio", "peak MiB", "MFU")
     rows = []
     for name in args.shapes:
-        rows += run_shape(name, args, device, rates)
+        rows += run_shape(name, args, device)
     print()
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
