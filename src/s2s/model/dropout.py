@@ -29,15 +29,16 @@ def drop_levels(p: float) -> int:
     return min(round(p * _LEVELS), _LEVELS - 1)
 
 
-def keep_mask(
-    shape: torch.Size, p: float, *, device: torch.device, generator: torch.Generator | None = None
-) -> Tensor:
-    """A bool tensor of `shape`, True (keep) with probability 1 - drop_levels(p) / 2**16."""
+def keep_mask(shape: torch.Size, p: float, *, device: torch.device) -> Tensor:
+    """A bool tensor of `shape`, True (keep) with probability 1 - drop_levels(p) / 2**16.
+
+    Draws from torch's default generator, as torch's dropout does (the trainer re-seeds it
+    per batch for exact resume). No `generator=` argument: passing one, even None, stops
+    torch.compile from tracing randint with dynamic shapes (torch 2.13).
+    """
     n = math.prod(shape)
     # 64 random bits a word (the top value is missing from the range: a 2**-64 bias)
-    words = torch.randint(
-        -(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device, generator=generator
-    )
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform in [-2**15, 2**15)
     return lanes >= drop_levels(p) - 2**15
 
