@@ -24,6 +24,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f"{path.name}.tmp-*"):  # left by a killed run
+            stale.unlink(missing_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         try:
             with tmp.open("wb") as handle:
