@@ -10,6 +10,7 @@ from model_fixtures import POSITIONS, VOCAB, padded_batch, tiny_config, tiny_mod
 from s2s.model import DecoderCache, Seq2SeqTransformer, shift_right
 
 TOL = dict(atol=1e-5, rtol=1e-5)
+MEMOISED = ("rotary", "t5_relative")  # schemes whose per-step tables a cache memoises
 
 
 def logits_of(model, batch, **changes):
@@ -78,10 +79,11 @@ def test_sdpa_path_equals_math_path(positions):
         torch.testing.assert_close(grad, math_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def decode_step_by_step(model, batch, first_chunk=1):
+def decode_step_by_step(model, batch, first_chunk=1, capacity=0):
     memory = model.encode(batch.input_ids, batch.attention_mask)
     ids = batch.decoder_input_ids
-    out = model.decode(ids[:, :first_chunk], memory, batch.attention_mask)
+    cache = model.new_cache(capacity)
+    out = model.decode(ids[:, :first_chunk], memory, batch.attention_mask, cache=cache)
     pieces, cache = [out.logits], out.cache
     for t in range(first_chunk, ids.shape[1]):
         out = model.decode(ids[:, t : t + 1], memory, batch.attention_mask, cache=cache)
@@ -92,13 +94,17 @@ def decode_step_by_step(model, batch, first_chunk=1):
 
 @pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("backend", ["sdpa", "math"])
-def test_kv_cached_decoding_equals_full_recomputation(positions, backend):
+# capacity 0: buffers sized as decoding goes; 4: buffers outgrow it and steps past it compute
+# positions directly; 16: every one-token step slices the memoised position tables
+@pytest.mark.parametrize("capacity", [0, 4, 16])
+def test_kv_cached_decoding_equals_full_recomputation(positions, backend, capacity):
     model = tiny_model(positions=positions, attention_backend=backend)
     batch = padded_batch(tgt_lengths=(7, 7, 7))
     full = model(batch.input_ids, batch.decoder_input_ids, batch.attention_mask)
     for first_chunk in (1, 3):  # a 3-token prefix exercises the offset causal mask
-        stepped, cache = decode_step_by_step(model, batch, first_chunk)
+        stepped, cache = decode_step_by_step(model, batch, first_chunk, capacity)
         torch.testing.assert_close(stepped, full, **TOL)
+        assert (cache.positions is not None) == (capacity > 0 and positions in MEMOISED)
     layer = cache.layers[0]
     assert layer.self_k.shape == (3, 4, 7, 8) and layer.cross_k.shape == (3, 4, 9, 8)
 
@@ -114,6 +120,26 @@ def test_cache_reorder_equals_decoding_the_reordered_batch():
     stepped = model.decode(ids[order, 3:4], memory[order], batch.attention_mask[order], cache=cache)
     full = model(batch.input_ids[order], ids[order, :4], batch.attention_mask[order])
     torch.testing.assert_close(stepped.logits[:, 0], full[:, 3], **TOL)
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_decoding_layout_gives_the_same_logits_and_is_dropped_after(positions):
+    model = tiny_model(positions=positions, tie_embeddings=positions != "rotary")
+    batch = padded_batch(tgt_lengths=(7, 7, 7))
+    with torch.no_grad():
+        expected, _ = decode_step_by_step(model, batch, capacity=8)
+        with model.decoding_layout():
+            assert model.head_transposed is not None
+            wi = model.decoder.layers[0].ffn.wi
+            assert wi.transposed.is_contiguous() and torch.equal(wi.transposed, wi.weight.t())
+            stepped, _ = decode_step_by_step(model, batch, capacity=8)
+    torch.testing.assert_close(stepped, expected, **TOL)
+    assert model.head_transposed is None
+    assert all(getattr(m, "transposed", None) is None for m in model.modules())
+    # with autograd on, the layout is ignored and gradients reach the parameters
+    with model.decoding_layout():
+        logits_of(model, batch).sum().backward()
+    assert model.decoder.layers[0].ffn.wi.weight.grad is not None
 
 
 def test_decoder_padding_mask_covers_cache_and_new_positions():

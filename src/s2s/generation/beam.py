@@ -65,8 +65,7 @@ def reorder_self_attention(cache: DecoderCache, rows: Tensor) -> None:
     the time of a 4-beam search at batch 8).
     """
     for layer in cache.layers:
-        layer.self_k = layer.self_k.index_select(0, rows)
-        layer.self_v = layer.self_v.index_select(0, rows)
+        layer.reorder_self(rows)
 
 
 def beam_search(
@@ -85,7 +84,7 @@ def beam_search(
     finished = _Finished(b, k, t, ids.pad_token_id, device)
     closed = torch.zeros(b, dtype=torch.bool, device=device)
     first_row = torch.arange(b, device=device)[:, None] * k  # (B, 1)
-    cache = model.new_cache()
+    cache = model.new_cache(capacity=t)  # one position per step
     for step in range(t):
         length = step + 1  # new tokens per hypothesis after this step
         out = model.decode(history[:, step : step + 1], beams.memory, beams.mask, cache=cache)

@@ -60,7 +60,7 @@ def generate(
     try:
         # inference_mode skips autograd's version counting (a few % per step); the result is
         # cloned outside it so callers get an ordinary tensor they may modify.
-        with torch.inference_mode():
+        with torch.inference_mode(), model.decoding_layout():
             source = encode(model, input_ids, attention_mask)
             if config.strategy == "beam" and config.num_beams > 1:
                 tokens = beam_search(model, source, config)

@@ -34,7 +34,7 @@ def token_by_token(
     )  # (B, 1 + max_new): decoder start, then the tokens chosen so far
     history[:, 0] = ids.decoder_start_token_id
     finished = torch.zeros(b, dtype=torch.bool, device=source.device)
-    cache = model.new_cache()
+    cache = model.new_cache(capacity=config.max_new_tokens)  # one position per step
     length = 0
     for step in range(config.max_new_tokens):
         out = model.decode(history[:, step : step + 1], source.memory, source.mask, cache=cache)

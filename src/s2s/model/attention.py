@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from s2s.model.cache import LayerCache
 from s2s.model.dropout import dropout as apply_dropout
+from s2s.model.linear import Linear
 from s2s.model.positions import RotaryAngles
 
 
@@ -158,8 +159,8 @@ class SelfAttention(nn.Module):
         self.scale = d_head**-0.5 if scale else 1.0
         self.dropout = dropout
         self.backend = backend
-        self.qkv = nn.Linear(d_model, 3 * n_heads * d_head, bias=bias)
-        self.out = nn.Linear(n_heads * d_head, d_model, bias=bias)
+        self.qkv = Linear(d_model, 3 * n_heads * d_head, bias=bias)
+        self.out = Linear(n_heads * d_head, d_model, bias=bias)
 
     def forward(
         self,
@@ -199,9 +200,9 @@ class CrossAttention(nn.Module):
         self.scale = d_head**-0.5 if scale else 1.0
         self.dropout = dropout
         self.backend = backend
-        self.q = nn.Linear(d_model, n_heads * d_head, bias=bias)
-        self.kv = nn.Linear(d_model, 2 * n_heads * d_head, bias=bias)
-        self.out = nn.Linear(n_heads * d_head, d_model, bias=bias)
+        self.q = Linear(d_model, n_heads * d_head, bias=bias)
+        self.kv = Linear(d_model, 2 * n_heads * d_head, bias=bias)
+        self.out = Linear(n_heads * d_head, d_model, bias=bias)
 
     def forward(
         self,

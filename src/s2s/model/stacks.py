@@ -150,12 +150,13 @@ class Decoder(_Stack):
         offset = cache.offset if cache is not None else 0
         t = decoder_input_ids.shape[1]
         x = self.embed(decoder_input_ids, offset)
+        bias, rotary = self._positions(t, offset, x, cache)
         self_mask = build_mask(
             decoder_attention_mask,
             q_len=t,
             k_len=offset + t,
             causal=True,
-            bias=self._bias(t, offset + t, offset),
+            bias=bias,
             dtype=x.dtype,
             device=x.device,
         )
@@ -163,7 +164,6 @@ class Decoder(_Stack):
         memory_mask = build_mask(
             encoder_attention_mask, q_len=t, k_len=s, causal=False, device=x.device
         )
-        rotary = self._rotary(t, offset, x)
         layer_caches = cache.layers if cache is not None else [None] * len(self.layers)
         for layer, layer_cache in zip(self.layers, layer_caches, strict=True):
             x = layer(x, self_mask, encoder_hidden_states, memory_mask, rotary, layer_cache)
@@ -171,5 +171,29 @@ class Decoder(_Stack):
             cache.offset = offset + t
         return self._finish(x)
 
-    def new_cache(self) -> DecoderCache:
-        return DecoderCache.empty(len(self.layers))
+    def new_cache(self, capacity: int = 0) -> DecoderCache:
+        return DecoderCache.empty(len(self.layers), capacity)
+
+    def _positions(
+        self, t: int, offset: int, like: Tensor, cache: DecoderCache | None
+    ) -> tuple[Tensor | None, RotaryAngles | None]:
+        """Relative bias (1, H, T, offset + T) and rotary angles for T queries from `offset`.
+
+        Decoding one token at a time slices tables memoised in the cache for
+        `cache.capacity` positions, instead of recomputing them at every step.
+        """
+        end = offset + t
+        if cache is None or t != 1 or end > cache.capacity:
+            return self._bias(t, end, offset), self._rotary(t, offset, like)
+        if self.relative_bias is not None:
+            if cache.positions is None:
+                # the query at C - 1 against keys 0 .. C - 1: column C - 1 - d holds the bias
+                # of a key d positions before its query, for every query position
+                cache.positions = self.relative_bias(1, cache.capacity, cache.capacity - 1)
+            return cache.positions[:, :, :, cache.capacity - end :], None  # (1, H, 1, end)
+        if self.rotary is not None:
+            if cache.positions is None:
+                cache.positions = self._rotary(cache.capacity, 0, like)
+            table = cache.positions
+            return None, RotaryAngles(table.cos[offset:end], table.sin[offset:end])
+        return None, None

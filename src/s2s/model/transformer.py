@@ -10,6 +10,8 @@ For generation, `encode` once, then call `decode` repeatedly with the returned c
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +21,7 @@ from s2s.config import ModelConfig
 from s2s.model.attention import CrossAttention, SelfAttention
 from s2s.model.cache import DecoderCache
 from s2s.model.feedforward import FeedForward
+from s2s.model.linear import decoding_layout, transposed
 from s2s.model.norms import LayerNorm, RMSNorm
 from s2s.model.positions import LearnedPositions, RelativePositionBias
 from s2s.model.stacks import Decoder, Encoder
@@ -56,6 +59,7 @@ class Seq2SeqTransformer(nn.Module):
             if config.tie_embeddings
             else nn.Linear(config.d_model, config.vocab_size, bias=False)
         )
+        self.head_transposed: Tensor | None = None  # set only by `decoding_layout`
         self.logit_scale = config.d_model**-0.5 if config.scale_logits else 1.0
         if config.final_logits_bias:
             # a buffer, as in BART: loaded from checkpoints, never trained
@@ -109,8 +113,11 @@ class Seq2SeqTransformer(nn.Module):
         """Decoder output (B, T, D) -> logits (B, T, V)."""
         if self.logit_scale != 1.0:
             hidden = hidden * self.logit_scale
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        logits = nn.functional.linear(hidden, weight)
+        if self.head_transposed is not None and not torch.is_grad_enabled():
+            logits = torch.matmul(hidden, self.head_transposed)  # see `decoding_layout`
+        else:
+            weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+            logits = nn.functional.linear(hidden, weight)
         if self.final_logits_bias is not None:
             logits = logits + self.final_logits_bias
         return logits
@@ -119,9 +126,23 @@ class Seq2SeqTransformer(nn.Module):
         """`shift_right` with this model's decoder start and pad ids."""
         return shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
 
-    def new_cache(self) -> DecoderCache:
-        """An empty cache for `decode`."""
-        return self.decoder.new_cache()
+    def new_cache(self, capacity: int = 0) -> DecoderCache:
+        """An empty cache for `decode`, preallocated for `capacity` target positions (it grows
+        beyond them if needed; 0 allocates as decoding goes)."""
+        return self.decoder.new_cache(capacity)
+
+    @contextmanager
+    def decoding_layout(self) -> Iterator[None]:
+        """Within the block, the decoder and LM head multiply by transposed copies of their
+        weights when autograd is off (faster token-by-token on CPU; `s2s.model.linear`)."""
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        with decoding_layout(self.decoder):
+            if weight.device.type == "cpu":
+                self.head_transposed = transposed(weight)  # (D, V)
+            try:
+                yield
+            finally:
+                self.head_transposed = None
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
