@@ -7,7 +7,7 @@ Run: python benchmarks/train_throughput.py [--shapes t5_small tiny] [--dtypes fl
 For each shape a randomly initialised HF `T5ForConditionalGeneration` is built from a config
 (never downloaded) and converted with `s2s.interop.hf.from_hf`, so both models start from
 identical weights. One training step is forward, cross-entropy (as in `Seq2SeqLitModule.loss`),
-backward and a `torch.optim.AdamW` step; in bf16 the forward and loss run under
+backward and a fused `torch.optim.AdamW` step (both libraries' default); in bf16 the forward and loss run under
 `torch.autocast(device_type, torch.bfloat16)` with float32 weights. The implementations take
 turns step by step (the first to go alternates), warm-up steps are dropped, and each reports
 the median step time. Inputs are full-length random ids (packed pre-training batches: no
@@ -268,8 +268,10 @@ def run_shape(name: str, args: argparse.Namespace, device: torch.device) -> list
     rows = []
     for dtype_name in args.dtypes:
         autocast = functools.partial(_autocast, DTYPES[dtype_name], device)
-        ours_adam = torch.optim.AdamW(ours.parameters(), lr=1e-4)
-        hf_adam = torch.optim.AdamW(hf.parameters(), lr=1e-4)
+        # the fused kernel on both sides: s2s.optim's default, and transformers' Trainer
+        # default ("adamw_torch_fused")
+        ours_adam = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=True)
+        hf_adam = torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=True)
         runners = [
             Runner("s2s", s2s_logits(ours), ours_adam, autocast),
             Runner("transformers", hf_logits(hf), hf_adam, autocast),

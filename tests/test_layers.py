@@ -6,7 +6,6 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 from model_fixtures import tiny_config
 
 from s2s.model.attention import AttentionMask, build_mask
@@ -19,25 +18,57 @@ def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def test_layernorm_matches_torch():
+def layernorm_by_hand(x, weight, bias, eps):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def rmsnorm_by_hand(x, weight, eps):
+    return x / torch.sqrt((x**2).mean(-1, keepdim=True) + eps) * weight
+
+
+# float32 runs torch's fused kernels, bfloat16 the explicit upcasting math: both must follow
+# the definition (bfloat16 within its rounding).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layernorm_follows_its_definition(dtype):
     norm = LayerNorm(8, eps=1e-5)
     with torch.no_grad():
         norm.weight.copy_(randn(8, seed=1))
         norm.bias.copy_(randn(8, seed=2))
-    x = randn(3, 4, 8) * 5 + 2
-    expected = F.layer_norm(x, (8,), norm.weight, norm.bias, eps=1e-5)
-    torch.testing.assert_close(norm(x), expected)
+    x = (randn(3, 4, 8) * 5 + 2).to(dtype)
+    expected = layernorm_by_hand(x.double(), norm.weight.double(), norm.bias.double(), 1e-5)
+    y = norm(x)
+    assert y.dtype == (dtype if dtype == torch.float32 else torch.float32)  # fp32 weight wins
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.05, rtol=0.02)
+    torch.testing.assert_close(y.double(), expected, **tol)
 
 
-def test_rmsnorm_hand_worked_and_matches_torch():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_hand_worked_and_follows_its_definition(dtype):
     norm = RMSNorm(2, eps=0.0)
     # rms of (3, 4) is sqrt(12.5)
-    torch.testing.assert_close(norm(torch.tensor([3.0, 4.0])), torch.tensor([3.0, 4.0]) / 12.5**0.5)
+    y = norm(torch.tensor([3.0, 4.0], dtype=dtype)).float()
+    torch.testing.assert_close(y, torch.tensor([3.0, 4.0]) / 12.5**0.5, atol=1e-2, rtol=1e-2)
     norm = RMSNorm(8, eps=1e-6)
     with torch.no_grad():
         norm.weight.copy_(randn(8, seed=1))
-    x = randn(3, 4, 8) * 5 + 2  # no mean subtraction: the offset matters
-    torch.testing.assert_close(norm(x), F.rms_norm(x, (8,), norm.weight, eps=1e-6))
+    x = (randn(3, 4, 8) * 5 + 2).to(dtype)  # no mean subtraction: the offset matters
+    expected = rmsnorm_by_hand(x.double(), norm.weight.double(), 1e-6)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.05, rtol=0.02)
+    torch.testing.assert_close(norm(x).double(), expected, **tol)
+
+
+def test_fused_rmsnorm_gradients_equal_the_explicit_math():
+    norm = RMSNorm(8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(randn(8, seed=1))
+    x = (randn(3, 4, 8) * 5 + 2).requires_grad_()
+    norm(x).pow(2).sum().backward()
+    fused = (x.grad.clone(), norm.weight.grad.clone())
+    x.grad, norm.weight.grad = None, None
+    rmsnorm_by_hand(x, norm.weight, 1e-6).pow(2).sum().backward()
+    torch.testing.assert_close(fused, (x.grad, norm.weight.grad))
 
 
 @pytest.mark.parametrize("norm_cls", [LayerNorm, RMSNorm])
