@@ -9,9 +9,9 @@ For each shape a randomly initialised HF `T5ForConditionalGeneration` is built f
 identical weights. One training step is forward, cross-entropy (as in `Seq2SeqLitModule.loss`),
 backward and a fused `torch.optim.AdamW` step (both libraries' default); in bf16 the forward
 and loss run under `torch.autocast(device_type, torch.bfloat16)` with float32 weights. The
-implementations take turns step by step (the first to go alternates), warm-up steps are dropped, and each reports
-the median step time. Inputs are full-length random ids (packed pre-training batches: no
-padding), with an all-ones attention mask passed as the training loop does.
+implementations take turns step by step (the first to go alternates), warm-up steps are
+dropped, and each reports the median step time. Inputs are full-length random ids (packed
+pre-training batches: no padding), with an all-ones attention mask passed as the training loop does.
 
 Columns
   tok/s     (source + target tokens) * batch / median step time.
