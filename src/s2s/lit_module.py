@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 import sacrebleu
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
 from s2s.checkpoint import S2S_KEY, metadata
@@ -199,6 +200,11 @@ class Seq2SeqLitModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.model)
+        if getattr(optimizer, "_step_supports_amp_scaling", False) and self._clips_under_amp():
+            # Lightning refuses to clip gradients for an optimizer that unscales them itself
+            # (fused AdamW) under mixed precision, even bf16 where nothing is scaled.
+            log.info("mixed precision with gradient clipping: AdamW without its fused kernel")
+            optimizer = self.optimizer_factory(self.model, fused=False)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
@@ -206,6 +212,13 @@ class Seq2SeqLitModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _clips_under_amp(self) -> bool:
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        clip = trainer.gradient_clip_val or 0.0
+        return clip > 0 and isinstance(trainer.precision_plugin, MixedPrecision)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[S2S_KEY] = metadata(self.model.config, self.tokenizer)
