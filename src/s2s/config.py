@@ -44,6 +44,10 @@ class ModelConfig:
         max_positions: rows of the learned position table (unused by other schemes).
         relative_num_buckets, relative_max_distance: T5 relative bias buckets.
         rotary_base: RoPE frequency base (Su et al. 2021 use 10000).
+        rotary_cross_attention: with rotary positions, also rotate cross-attention queries by
+            their target position and keys by their source position, so a score can depend
+            on (target - source) position: copying and other monotone alignments become
+            learnable from the start (see attention.py).
     Blocks
         norm: "layernorm" | "rmsnorm"; norm_eps: its epsilon.
         norm_position: "pre" (x + f(norm(x))) or "post" (norm(x + f(x))).
@@ -81,6 +85,7 @@ class ModelConfig:
     relative_num_buckets: int = 32
     relative_max_distance: int = 128
     rotary_base: float = 10000.0
+    rotary_cross_attention: bool = False
     norm: str = "rmsnorm"
     norm_eps: float = 1e-6
     norm_position: str = "pre"
@@ -144,6 +149,11 @@ class ModelConfig:
                 f"rotary positions need an even head width, got model.d_head={self.head_dim}",
             )
             _require(self.rotary_base > 1.0, f"model.rotary_base={self.rotary_base} must be > 1")
+        _require(
+            self.positions == "rotary" or not self.rotary_cross_attention,
+            "model.rotary_cross_attention=true needs model.positions=rotary, "
+            f"not {self.positions!r}",
+        )
         _require(self.norm_eps > 0, f"model.norm_eps={self.norm_eps} must be > 0")
         _require(self.init_std > 0, f"model.init_std={self.init_std} must be > 0")
         for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):

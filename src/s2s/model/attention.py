@@ -211,13 +211,24 @@ class CrossAttention(nn.Module):
         mask: AttentionMask,
         *,
         cache: LayerCache | None = None,
+        rotary: RotaryAngles | None = None,
+        memory_rotary: RotaryAngles | None = None,
     ) -> Tensor:
-        """x (B, T, D) attends memory (B, S, D). Keys/values are computed once per cache."""
+        """x (B, T, D) attends memory (B, S, D). Keys/values are computed once per cache.
+
+        With `rotary` (the T target positions) and `memory_rotary` (the S source positions),
+        q and k are rotated like self-attention's, so q.k depends on target - source position
+        (`ModelConfig.rotary_cross_attention`); cached keys are stored rotated.
+        """
         (q,) = _split_heads(self.q(x), 1, self.n_heads)  # (B, H, T, Dh)
+        if rotary is not None:
+            q = rotary.rotate(q)
         if cache is not None and cache.cross_k is not None:
             k, v = cache.cross_k, cache.cross_v
         else:
             k, v = _split_heads(self.kv(memory), 2, self.n_heads)  # each (B, H, S, Dh)
+            if memory_rotary is not None:
+                k = memory_rotary.rotate(k)
             if cache is not None:
                 cache.cross_k, cache.cross_v = k, v
         dropout = self.dropout if self.training else 0.0

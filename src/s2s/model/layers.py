@@ -84,6 +84,7 @@ class DecoderLayer(nn.Module):
         self.self_attn = SelfAttention(**_attention_kwargs(config))
         self.self_attn_block = _Residual(config)
         self.cross_attn = CrossAttention(**_attention_kwargs(config))
+        self.rotary_cross_attention = config.rotary_cross_attention
         self.cross_attn_block = _Residual(config)
         self.ffn = _feedforward(config)
         self.ffn_block = _Residual(config)
@@ -96,10 +97,25 @@ class DecoderLayer(nn.Module):
         memory_mask: AttentionMask,
         rotary: RotaryAngles | None,
         cache: LayerCache | None = None,
+        memory_rotary: RotaryAngles | None = None,
     ) -> Tensor:
-        """x (B, T, D), memory (B, S, D) -> (B, T, D)."""
+        """x (B, T, D), memory (B, S, D) -> (B, T, D).
+
+        `memory_rotary` (source positions) is given only with rotary cross-attention.
+        """
         x = self.self_attn_block(
             x, lambda h: self.self_attn(h, self_mask, rotary=rotary, cache=cache)
         )
-        x = self.cross_attn_block(x, lambda h: self.cross_attn(h, memory, memory_mask, cache=cache))
+        cross_rotary = rotary if self.rotary_cross_attention else None
+        x = self.cross_attn_block(
+            x,
+            lambda h: self.cross_attn(
+                h,
+                memory,
+                memory_mask,
+                cache=cache,
+                rotary=cross_rotary,
+                memory_rotary=memory_rotary,
+            ),
+        )
         return self.ffn_block(x, self.ffn)

@@ -131,6 +131,7 @@ class Encoder(_Stack):
 class Decoder(_Stack):
     def __init__(self, config: ModelConfig, tokens: nn.Embedding) -> None:
         super().__init__(config, tokens, bidirectional=False)
+        self.rotary_cross_attention = config.rotary_cross_attention
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
 
     def forward(
@@ -165,8 +166,14 @@ class Decoder(_Stack):
             encoder_attention_mask, q_len=t, k_len=s, causal=False, device=x.device
         )
         layer_caches = cache.layers if cache is not None else [None] * len(self.layers)
+        memory_rotary = None
+        first_use = cache is None or cache.layers[0].cross_k is None
+        if self.rotary_cross_attention and first_use:  # cached cross keys are already rotated
+            memory_rotary = self._rotary(s, 0, x)
         for layer, layer_cache in zip(self.layers, layer_caches, strict=True):
-            x = layer(x, self_mask, encoder_hidden_states, memory_mask, rotary, layer_cache)
+            x = layer(
+                x, self_mask, encoder_hidden_states, memory_mask, rotary, layer_cache, memory_rotary
+            )
         if cache is not None:
             cache.offset = offset + t
         return self._finish(x)
