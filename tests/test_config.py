@@ -101,8 +101,8 @@ def test_replace_sets_tokenizer_fields_and_revalidates():
         cfg.vocab_size = 5  # type: ignore[misc]
 
 
-def test_tiny_preset_is_the_default_config():
-    assert load_preset("tiny") == ModelConfig()
+def test_tiny_preset_is_the_default_config_plus_rotary_cross_attention():
+    assert load_preset("tiny") == dataclasses.replace(ModelConfig(), rotary_cross_attention=True)
 
 
 @pytest.mark.parametrize("name", sorted(PRESET_PARAMETERS))

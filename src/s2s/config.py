@@ -1,8 +1,10 @@
 """ModelConfig: the one source of truth for the encoder-decoder architecture.
 
 Every field is mirrored, key for key, by the presets in `conf/model/*.yaml`. The defaults
-are the `tiny` preset: our modern recipe (pre-norm RMSNorm, SwiGLU, rotary positions, tied
-embeddings, no biases). The same fields express T5 (v1.0 and v1.1) and BART exactly; see
+are our modern recipe (pre-norm RMSNorm, SwiGLU, rotary positions, tied embeddings, no
+biases), i.e. the `tiny` preset minus `rotary_cross_attention`, which is off unless asked for
+because it only exists with rotary positions (a default that errors for every other scheme
+would be a trap). The same fields express T5 (v1.0 and v1.1) and BART exactly; see
 `conf/model/t5_small.yaml`, `conf/model/bart_base.yaml` and `s2s.interop.hf`.
 
 The config is frozen: derive variants with `dataclasses.replace(cfg, vocab_size=...)`, which
