@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from model_fixtures import POSITIONS, VOCAB, padded_batch, tiny_config, tiny_model
 
 from s2s.model import DecoderCache, Seq2SeqTransformer, shift_right
+from s2s.model.linear import Linear, decode_weight
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 MEMOISED = ("rotary", "t5_relative")  # schemes whose per-step tables a cache memoises
@@ -171,21 +172,38 @@ def test_cache_reorder_equals_decoding_the_reordered_batch():
 @pytest.mark.parametrize("positions", POSITIONS)
 def test_decoding_layout_gives_the_same_logits_and_is_dropped_after(positions):
     model = tiny_model(positions=positions, tie_embeddings=positions != "rotary")
-    batch = padded_batch(tgt_lengths=(7, 7, 7))
+    batch = padded_batch(tgt_lengths=(7, 7, 7))  # 3 rows: oneDNN's layout where available
     with torch.no_grad():
         expected, _ = decode_step_by_step(model, batch, capacity=8)
-        with model.decoding_layout():
-            assert model.head_transposed is not None
-            wi = model.decoder.layers[0].ffn.wi
-            assert wi.transposed.is_contiguous() and torch.equal(wi.transposed, wi.weight.t())
+        with model.decoding_layout(rows=3):
+            assert model.head_decode is not None
+            assert model.decoder.layers[0].ffn.wi.decode is not None
             stepped, _ = decode_step_by_step(model, batch, capacity=8)
     torch.testing.assert_close(stepped, expected, **TOL)
-    assert model.head_transposed is None
-    assert all(getattr(m, "transposed", None) is None for m in model.modules())
+    assert model.head_decode is None
+    assert all(m.decode is None for m in model.modules() if isinstance(m, Linear))
     # with autograd on, the layout is ignored and gradients reach the parameters
-    with model.decoding_layout():
+    with model.decoding_layout(rows=3):
         logits_of(model, batch).sum().backward()
     assert model.decoder.layers[0].ffn.wi.weight.grad is not None
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8])
+def test_decode_weight_layouts_multiply_like_linear(rows):
+    torch.manual_seed(0)
+    layer = Linear(48, 80, bias=True)
+    x = torch.randn(rows, 1, 48)
+    weight = decode_weight(layer.weight, rows)
+    # one row: the contiguous transpose; several: oneDNN's packed weight when torch has it
+    assert weight.kind == (
+        "transposed" if rows == 1 or not torch.backends.mkldnn.is_available() else "onednn"
+    )
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            weight.apply(x, layer.bias), F.linear(x, layer.weight, layer.bias)
+        )
+    transposed = decode_weight(layer.weight, 1).tensor
+    assert transposed.is_contiguous() and torch.equal(transposed, layer.weight.t())
 
 
 def test_decoder_padding_mask_covers_cache_and_new_positions():

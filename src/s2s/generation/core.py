@@ -60,9 +60,11 @@ def generate(
     try:
         # inference_mode skips autograd's version counting (a few % per step); the result is
         # cloned outside it so callers get an ordinary tensor they may modify.
-        with torch.inference_mode(), model.decoding_layout():
+        beam = config.strategy == "beam" and config.num_beams > 1
+        rows = input_ids.shape[0] * (config.num_beams if beam else 1)  # rows of every step
+        with torch.inference_mode(), model.decoding_layout(rows):
             source = encode(model, input_ids, attention_mask)
-            if config.strategy == "beam" and config.num_beams > 1:
+            if beam:
                 tokens = beam_search(model, source, config)
             else:
                 tokens = token_by_token(model, source, config, generator)

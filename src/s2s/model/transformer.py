@@ -21,7 +21,7 @@ from s2s.config import ModelConfig
 from s2s.model.attention import CrossAttention, SelfAttention
 from s2s.model.cache import DecoderCache
 from s2s.model.feedforward import FeedForward
-from s2s.model.linear import decoding_layout, transposed
+from s2s.model.linear import DecodeWeight, decode_weight, decoding_layout
 from s2s.model.norms import LayerNorm, RMSNorm
 from s2s.model.positions import LearnedPositions, RelativePositionBias
 from s2s.model.stacks import Decoder, Encoder
@@ -59,7 +59,7 @@ class Seq2SeqTransformer(nn.Module):
             if config.tie_embeddings
             else nn.Linear(config.d_model, config.vocab_size, bias=False)
         )
-        self.head_transposed: Tensor | None = None  # set only by `decoding_layout`
+        self.head_decode: DecodeWeight | None = None  # set only by `decoding_layout`
         self.logit_scale = config.d_model**-0.5 if config.scale_logits else 1.0
         if config.final_logits_bias:
             # a buffer, as in BART: loaded from checkpoints, never trained
@@ -113,8 +113,8 @@ class Seq2SeqTransformer(nn.Module):
         """Decoder output (B, T, D) -> logits (B, T, V)."""
         if self.logit_scale != 1.0:
             hidden = hidden * self.logit_scale
-        if self.head_transposed is not None and not torch.is_grad_enabled():
-            logits = torch.matmul(hidden, self.head_transposed)  # see `decoding_layout`
+        if self.head_decode is not None and not torch.is_grad_enabled():
+            logits = self.head_decode.apply(hidden, None)  # see `decoding_layout`
         else:
             weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
             logits = nn.functional.linear(hidden, weight)
@@ -132,17 +132,18 @@ class Seq2SeqTransformer(nn.Module):
         return self.decoder.new_cache(capacity)
 
     @contextmanager
-    def decoding_layout(self) -> Iterator[None]:
-        """Within the block, the decoder and LM head multiply by transposed copies of their
-        weights when autograd is off (faster token-by-token on CPU; `s2s.model.linear`)."""
+    def decoding_layout(self, rows: int) -> Iterator[None]:
+        """Within the block, the decoder and LM head multiply inputs of `rows` rows (batch, or
+        batch x beams) by copies of their weights laid out for that, when autograd is off
+        (faster token-by-token decoding on CPU; `s2s.model.linear`)."""
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        with decoding_layout(self.decoder):
+        with decoding_layout(self.decoder, rows):
             if weight.device.type == "cpu":
-                self.head_transposed = transposed(weight)  # (D, V)
+                self.head_decode = decode_weight(weight, rows)  # weight is (V, D)
             try:
                 yield
             finally:
-                self.head_transposed = None
+                self.head_decode = None
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
