@@ -2,7 +2,7 @@
 
 Run: python benchmarks/generate_throughput.py [--d-model 256] [--layers 4] [--vocab 8192]
                                              [--new-tokens 64] [--repeats 5] [--threads 1]
-                                             [--clock cpu|wall]
+                                             [--clock cpu|wall] [--dtype float32|bfloat16]
 
 A random HF T5 (v1.1 layout: gated-GELU, untied head, T5 relative positions; the vocabulary
 of s2s's default tokenizer, 8192, where T5's own has 32128) is built from a config and
@@ -12,6 +12,9 @@ early EOS on both sides) for prompts of --src-len tokens, with greedy search and
 search, at batch 1 and 8. Tokens/s counts generated output tokens (batch * new tokens; beams
 are not counted).
 Reported: median time over --repeats runs after two warm-up runs, at a fixed thread count.
+
+--dtype bfloat16 casts both models' weights to bfloat16 (decoding on CPUs with AVX-512 BF16 or
+AMX); float32 is the default.
 
 The clock: `cpu` (default) is this process's CPU time, which on a machine shared with other
 jobs excludes the time the OS gives to them (with one thread, CPU time equals wall time on
@@ -82,16 +85,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     hf = build(args.d_model, args.layers, args.vocab)
     ours = from_hf(hf).eval()
+    dtype = getattr(torch, args.dtype)
+    hf, ours = hf.to(dtype), ours.to(dtype)
     n = args.new_tokens
     print(
         f"T5 v1.1-style d_model={args.d_model} layers={args.layers}+{args.layers} "
         f"vocab={args.vocab}; {args.src_len} source tokens, {n} new tokens; "
-        f"{args.threads} threads; torch {torch.__version__}, transformers "
+        f"{args.threads} threads; {args.dtype}; torch {torch.__version__}, transformers "
         f"{transformers.__version__}; median of {args.repeats}, {args.clock} clock"
     )
     print(f"{'strategy':<9}{'batch':>6}{'s2s tok/s':>12}{'HF tok/s':>12}{'s2s/HF':>9}")
