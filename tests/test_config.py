@@ -56,10 +56,6 @@ def test_indivisible_d_model_names_both_fields():
         ({"vocab_size": 0}, r"model\.vocab_size=0 must be > 0"),
         ({"pad_token_id": 8192}, r"model\.pad_token_id=8192 must be in \[0, model\.vocab_size"),
         ({"positions": "rotary", "d_model": 12, "n_heads": 4}, r"even head width"),
-        (
-            {"positions": "t5_relative", "rotary_cross_attention": True},
-            r"model.rotary_cross_attention=true needs model.positions=rotary",
-        ),
         ({"positions": "t5_relative", "relative_max_distance": 8}, r"relative_max_distance=8"),
         ({"norm_eps": 0.0}, r"model\.norm_eps=0\.0 must be > 0"),
     ],

@@ -124,6 +124,15 @@ def test_rotary_cross_attention_cached_decoding_equals_full(capacity):
         torch.testing.assert_close(stepped, full, **TOL)
 
 
+@pytest.mark.parametrize("positions", [p for p in POSITIONS if p != "rotary"])
+def test_rotary_cross_attention_is_ignored_by_other_schemes(positions):
+    batch = padded_batch()
+    with_flag = tiny_model(positions=positions, rotary_cross_attention=True)
+    assert not with_flag.config.uses_rotary_cross_attention
+    expected = logits_of(tiny_model(positions=positions), batch)
+    torch.testing.assert_close(logits_of(with_flag, batch), expected, atol=0, rtol=0)
+
+
 def copy_accuracy(model, steps, length=12, batch=16, seed=0):
     """Train `model` to copy random token rows; accuracy on fresh rows (labels incl. EOS)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)

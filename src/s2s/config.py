@@ -2,10 +2,10 @@
 
 Every field is mirrored, key for key, by the presets in `conf/model/*.yaml`. The defaults
 are our modern recipe (pre-norm RMSNorm, SwiGLU, rotary positions, tied embeddings, no
-biases), i.e. the `tiny` preset minus `rotary_cross_attention`, which is off unless asked for
-because it only exists with rotary positions (a default that errors for every other scheme
-would be a trap). The same fields express T5 (v1.0 and v1.1) and BART exactly; see
-`conf/model/t5_small.yaml`, `conf/model/bart_base.yaml` and `s2s.interop.hf`.
+biases), i.e. the `tiny` preset minus `rotary_cross_attention`, which stays off here so that
+configs saved before it existed (without the key) keep meaning what they meant. The same
+fields express T5 (v1.0 and v1.1) and BART exactly; see `conf/model/t5_small.yaml`,
+`conf/model/bart_base.yaml` and `s2s.interop.hf`.
 
 The config is frozen: derive variants with `dataclasses.replace(cfg, vocab_size=...)`, which
 re-runs the validation in `__post_init__`.
@@ -49,7 +49,8 @@ class ModelConfig:
         rotary_cross_attention: with rotary positions, also rotate cross-attention queries by
             their target position and keys by their source position, so a score can depend
             on (target - source) position: copying and other monotone alignments become
-            learnable from the start (see attention.py).
+            learnable from the start (see attention.py). Ignored by the other schemes, so
+            `model.positions=...` can be switched alone.
     Blocks
         norm: "layernorm" | "rmsnorm"; norm_eps: its epsilon.
         norm_position: "pre" (x + f(norm(x))) or "post" (norm(x + f(x))).
@@ -151,11 +152,6 @@ class ModelConfig:
                 f"rotary positions need an even head width, got model.d_head={self.head_dim}",
             )
             _require(self.rotary_base > 1.0, f"model.rotary_base={self.rotary_base} must be > 1")
-        _require(
-            self.positions == "rotary" or not self.rotary_cross_attention,
-            "model.rotary_cross_attention=true needs model.positions=rotary, "
-            f"not {self.positions!r}",
-        )
         _require(self.norm_eps > 0, f"model.norm_eps={self.norm_eps} must be > 0")
         _require(self.init_std > 0, f"model.init_std={self.init_std} must be > 0")
         for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
@@ -164,6 +160,11 @@ class ModelConfig:
                 0 <= value < self.vocab_size,
                 f"model.{name}={value} must be in [0, model.vocab_size={self.vocab_size})",
             )
+
+    @property
+    def uses_rotary_cross_attention(self) -> bool:
+        """Whether cross-attention is rotated (the flag only applies to rotary positions)."""
+        return self.rotary_cross_attention and self.positions == "rotary"
 
     @property
     def head_dim(self) -> int:

@@ -84,7 +84,7 @@ class DecoderLayer(nn.Module):
         self.self_attn = SelfAttention(**_attention_kwargs(config))
         self.self_attn_block = _Residual(config)
         self.cross_attn = CrossAttention(**_attention_kwargs(config))
-        self.rotary_cross_attention = config.rotary_cross_attention
+        self.rotary_cross_attention = config.uses_rotary_cross_attention
         self.cross_attn_block = _Residual(config)
         self.ffn = _feedforward(config)
         self.ffn_block = _Residual(config)

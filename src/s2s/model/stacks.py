@@ -131,7 +131,7 @@ class Encoder(_Stack):
 class Decoder(_Stack):
     def __init__(self, config: ModelConfig, tokens: nn.Embedding) -> None:
         super().__init__(config, tokens, bidirectional=False)
-        self.rotary_cross_attention = config.rotary_cross_attention
+        self.rotary_cross_attention = config.uses_rotary_cross_attention
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
 
     def forward(
