@@ -116,11 +116,15 @@ class Seq2SeqTransformer(nn.Module):
         if self.head_decode is not None and not torch.is_grad_enabled():
             logits = self.head_decode.apply(hidden, None)  # see `decoding_layout`
         else:
-            weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-            logits = nn.functional.linear(hidden, weight)
+            logits = nn.functional.linear(hidden, self.head_weight)
         if self.final_logits_bias is not None:
             logits = logits + self.final_logits_bias
         return logits
+
+    @property
+    def head_weight(self) -> Tensor:
+        """The LM head's (V, D) weight: the token embedding when tied."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
     def shift_right(self, labels: Tensor) -> Tensor:
         """`shift_right` with this model's decoder start and pad ids."""
@@ -136,10 +140,9 @@ class Seq2SeqTransformer(nn.Module):
         """Within the block, the decoder and LM head multiply inputs of `rows` rows (batch, or
         batch x beams) by copies of their weights laid out for that, when autograd is off
         (faster token-by-token decoding on CPU; `s2s.model.linear`)."""
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
         with decoding_layout(self.decoder, rows):
-            if weight.device.type == "cpu":
-                self.head_decode = decode_weight(weight, rows)  # weight is (V, D)
+            if self.head_weight.device.type == "cpu":
+                self.head_decode = decode_weight(self.head_weight, rows)
             try:
                 yield
             finally:
