@@ -3,6 +3,7 @@
 Run: python benchmarks/generate_throughput.py [--d-model 256] [--layers 4] [--vocab 8192]
                                              [--new-tokens 64] [--repeats 5] [--threads 1]
                                              [--clock cpu|wall] [--dtype float32|bfloat16]
+                                             [--layouts session|per-call]
 
 A random HF T5 (v1.1 layout: gated-GELU, untied head, T5 relative positions; the vocabulary
 of s2s's default tokenizer, 8192, where T5's own has 32128) is built from a config and
@@ -12,6 +13,10 @@ early EOS on both sides) for prompts of --src-len tokens, with greedy search and
 search, at batch 1 and 8. Tokens/s counts generated output tokens (batch * new tokens; beams
 are not counted).
 Reported: median time over --repeats runs after two warm-up runs, at a fixed thread count.
+
+s2s decodes inside `model.decoding_session()`, as generate.py does: the decoder's weights are
+laid out for few-row products once, not at every `generate` call (`s2s.model.linear`);
+--layouts per-call measures bare `generate` calls, each making and dropping its layouts.
 
 --dtype bfloat16 casts both models' weights to bfloat16 (decoding on CPUs with AVX-512 BF16 or
 AMX); float32 is the default.
@@ -25,6 +30,7 @@ OpenMP threads spin waiting for each other and tiny per-token kernels slow down 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -86,6 +92,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--layouts", choices=("session", "per-call"), default="session")
     args = parser.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
@@ -97,9 +104,17 @@ def main() -> None:
     print(
         f"T5 v1.1-style d_model={args.d_model} layers={args.layers}+{args.layers} "
         f"vocab={args.vocab}; {args.src_len} source tokens, {n} new tokens; "
-        f"{args.threads} threads; {args.dtype}; torch {torch.__version__}, transformers "
-        f"{transformers.__version__}; median of {args.repeats}, {args.clock} clock"
+        f"{args.threads} threads; {args.dtype}; s2s layouts {args.layouts}; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}; "
+        f"median of {args.repeats}, {args.clock} clock"
     )
+    session = ours.decoding_session() if args.layouts == "session" else contextlib.nullcontext()
+    with session:
+        table(ours, hf, args, clock)
+
+
+def table(ours, hf, args: argparse.Namespace, clock: Callable[[], float]) -> None:
+    n = args.new_tokens
     print(f"{'strategy':<9}{'batch':>6}{'s2s tok/s':>12}{'HF tok/s':>12}{'s2s/HF':>9}")
     for strategy, beams in (("greedy", 1), ("beam-4", 4)):
         for batch in (1, 8):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from model_fixtures import POSITIONS, VOCAB, padded_batch, tiny_config, tiny_model
 
 from s2s.model import DecoderCache, Seq2SeqTransformer, shift_right
-from s2s.model.linear import Linear, decode_weight
+from s2s.model.linear import ONEDNN_MIN_ELEMENTS, Linear, decode_weight
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 MEMOISED = ("rotary", "t5_relative")  # schemes whose per-step tables a cache memoises
@@ -197,22 +197,68 @@ def test_decoding_layout_gives_the_same_logits_and_is_dropped_after(positions):
     assert model.decoder.layers[0].ffn.wi.weight.grad is not None
 
 
-@pytest.mark.parametrize("rows", [1, 2, 8])
-def test_decode_weight_layouts_multiply_like_linear(rows):
+@pytest.mark.parametrize(
+    ("in_features", "out_features", "rows", "kind"),
+    [
+        (256, 320, 1, "transposed"),  # one row: the contiguous transpose ...
+        (320, 256, 1, "plain"),  # ... unless the weight narrows: the parameter itself
+        (256, 320, 2, "onednn"),  # several rows: oneDNN's packed weight ...
+        (256, 320, 8, "onednn"),
+        (48, 80, 8, "transposed"),  # ... unless the weight is small
+        (80, 48, 8, "transposed"),
+    ],
+)
+def test_decode_weight_layouts_multiply_like_linear(in_features, out_features, rows, kind):
     torch.manual_seed(0)
-    layer = Linear(48, 80, bias=True)
-    x = torch.randn(rows, 1, 48)
+    layer = Linear(in_features, out_features, bias=True)
+    x = torch.randn(rows, 1, in_features)
     weight = decode_weight(layer.weight, rows)
-    # one row: the contiguous transpose; several: oneDNN's packed weight when torch has it
-    assert weight.kind == (
-        "transposed" if rows == 1 or not torch.backends.mkldnn.is_available() else "onednn"
-    )
+    if kind == "onednn" and not torch.backends.mkldnn.is_available():
+        kind = "transposed"
+    assert weight.kind == kind
+    # the large cases are above the oneDNN threshold, the small ones below
+    assert (layer.weight.numel() >= ONEDNN_MIN_ELEMENTS) == (min(in_features, out_features) >= 256)
     with torch.inference_mode():
         torch.testing.assert_close(
             weight.apply(x, layer.bias), F.linear(x, layer.weight, layer.bias)
         )
-    transposed = decode_weight(layer.weight, 1).tensor
-    assert transposed.is_contiguous() and torch.equal(transposed, layer.weight.t())
+    if kind == "transposed":
+        assert weight.tensor.is_contiguous() and torch.equal(weight.tensor, layer.weight.t())
+    if kind == "plain":
+        assert weight.tensor.data_ptr() == layer.weight.data_ptr()  # no copy
+
+
+def test_decoding_session_keeps_layouts_until_it_ends_and_remakes_edited_ones():
+    model = tiny_model().eval()
+    batch = padded_batch()
+    qkv = model.decoder.layers[0].self_attn.qkv
+
+    def layouts(rows):
+        with torch.inference_mode(), model.decoding_layout(rows):
+            return qkv.decode, model.head_decode
+
+    assert layouts(3)[0] is not layouts(3)[0]  # no session: made anew by every block
+    with model.decoding_session():
+        first = layouts(3)
+        assert layouts(3)[0] is first[0] and layouts(3)[1] is first[1]  # kept
+        assert layouts(1)[0] is not first[0]  # one per row count
+        with model.decoding_session():  # nested: the outer session's layouts
+            assert layouts(3)[0] is first[0]
+        assert layouts(3)[0] is first[0]
+        # an in-place edit that bumps the version counter (load_state_dict) is seen
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        state["decoder.layers.0.self_attn.qkv.weight"].mul_(2.0)
+        model.load_state_dict(state)
+        remade = layouts(3)[0]
+        assert remade is not first[0] and remade.made_from(qkv.weight)
+        # decoding with the session's layouts equals decoding with the edited parameters
+        with torch.inference_mode():
+            expected, _ = decode_step_by_step(model, batch)
+            with model.decoding_layout(rows=3):
+                stepped, _ = decode_step_by_step(model, batch)
+        torch.testing.assert_close(stepped, expected, **TOL)
+    assert model._layout_memo is None
+    assert layouts(3)[0] is not layouts(3)[0]
 
 
 def test_decoder_padding_mask_covers_cache_and_new_positions():

@@ -93,12 +93,14 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
         max_source_length=cfg.max_source_length,
         device=str(cfg.device),
     )
-    if cfg.prompt is not None:
-        print(generator([str(cfg.prompt)])[0], file=stdout)
-    elif prompts is not None:
-        generate_file(generator, prompts, Path(cfg.output_file), int(cfg.batch_size), stdout)
-    else:
-        interactive(generator, stdin, stdout)
+    # the weights never change here, so decoding layouts are made once, not once per batch
+    with model.decoding_session():
+        if cfg.prompt is not None:
+            print(generator([str(cfg.prompt)])[0], file=stdout)
+        elif prompts is not None:
+            generate_file(generator, prompts, Path(cfg.output_file), int(cfg.batch_size), stdout)
+        else:
+            interactive(generator, stdin, stdout)
 
 
 def read_prompts(path: Path) -> Prompts:

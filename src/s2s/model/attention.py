@@ -232,7 +232,7 @@ class CrossAttention(nn.Module):
             if memory_rotary is not None:
                 k = memory_rotary.rotate(k)
             if cache is not None:
-                cache.cross_k, cache.cross_v = k, v
+                cache.cross_k, cache.cross_v = k.contiguous(), v.contiguous()
         dropout = self.dropout if self.training else 0.0
         y = attend(q, k, v, mask, scale=self.scale, dropout=dropout, backend=self.backend)
         return self.out(_merge_heads(y))

@@ -14,12 +14,30 @@ real decoding), milliseconds per step:
     x @ W_t, W_t = W.T (I, O)  1.11   1.73   2.86   3.05    6.07
     oneDNN prepacked W         2.07   1.35   1.60   2.06    4.27
 
-So one row uses the contiguous transpose and several rows oneDNN's prepacked weight (the
-kernel `torch.compile` itself uses for CPU linears; a private torch op, so when it is missing
-the transpose is used). `decoding_layout` makes these copies for the span of one `generate`
-call (one extra copy of the decoder's weights meanwhile) and drops them afterwards, so they
-can never go stale; under autograd the layer always uses its parameter. Results equal
-`F.linear` up to float rounding (summation order).
+So several rows use oneDNN's prepacked weight (the kernel `torch.compile` itself uses for
+CPU linears; a private torch op, so when it is missing the transpose is used), except small
+weights: oneDNN costs ~15 us a call whatever the size. Per product at 8 rows, weights cycled
+from memory, microseconds:
+
+    weight (O x I)               768 x 256   256 x 256   64 x 64
+    F.linear(x, W)                   209          57        6.6
+    x @ W_t                          189          47        5.0
+    oneDNN prepacked W                92          41       18.3
+
+(a d_model-64 decoder at batch 8: 1.65 ms a step with the transpose, 2.35 with oneDNN).
+One row uses the transpose unless the weight narrows (O < I, the feed-forward `wo`), where
+`F.linear` on the parameter itself reads memory faster; one row, T5-small shapes, us:
+
+    weight (O x I)     1536 x 512   2048 x 512   512 x 1024   32128 x 512
+    F.linear(x, W)           353          464          156          7316
+    x @ W_t                  196          217          221          3141
+
+`decoding_layout` makes these copies for the span of one `generate` call and drops them
+afterwards, so they can never go stale. Making them costs time too (page faults on fresh
+memory plus the copy: 13% of a 64-token greedy call at batch 1 for T5-small shapes), so a
+caller that decodes many times with fixed weights (generate.py) passes a `memo` that keeps
+them across calls (`Seq2SeqTransformer.decoding_session`). Under autograd the layer always
+uses its parameter. Results equal `F.linear` up to float rounding (summation order).
 """
 
 from __future__ import annotations
@@ -32,32 +50,59 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+ONEDNN_MIN_ELEMENTS = 256 * 256  # smaller weights use the transpose at any row count
+Memo = dict[tuple[str, int], "DecodeWeight"]  # (layer name, rows) -> layout, see `memoised`
+
 
 @dataclass(frozen=True)
 class DecodeWeight:
-    """A weight (O, I) re-laid for `rows`-row products: "transposed" (I, O) or "onednn"."""
+    """A weight (O, I) laid out for `rows`-row products: "plain" (the parameter itself),
+    "transposed" (I, O) or "onednn" (packed). `source` and `version` identify what it was
+    made from, so a memoised layout whose weight was replaced or edited in place is remade."""
 
     kind: str
     tensor: Tensor
+    source: int = 0  # data_ptr() of the weight
+    version: int = 0  # the weight's in-place version counter
 
     def apply(self, x: Tensor, bias: Tensor | None) -> Tensor:
         """x (..., I) -> (..., O)."""
         if self.kind == "onednn":
             return torch.ops.mkldnn._linear_pointwise(x, self.tensor, bias, "none", [], "")
+        if self.kind == "plain":
+            return F.linear(x, self.tensor, bias)
         y = torch.matmul(x, self.tensor)
         return y if bias is None else y + bias
+
+    def made_from(self, weight: Tensor) -> bool:
+        return self.source == weight.data_ptr() and self.version == weight._version
 
 
 def decode_weight(weight: Tensor, rows: int) -> DecodeWeight:
     """The faster layout of `weight` (O, I) for products with `rows` rows (see module doc)."""
+    source = {"source": weight.data_ptr(), "version": weight._version}
     weight = weight.detach()
-    if rows > 1 and _onednn_available():
+    if rows > 1 and weight.numel() >= ONEDNN_MIN_ELEMENTS and _onednn_available():
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-            return DecodeWeight("onednn", packed)
+            return DecodeWeight("onednn", packed, **source)
         except RuntimeError:  # e.g. a dtype this torch build cannot pack
             pass
-    return DecodeWeight("transposed", weight.t().contiguous())
+    out_features, in_features = weight.shape
+    if rows == 1 and out_features < in_features:
+        return DecodeWeight("plain", weight, **source)
+    return DecodeWeight("transposed", weight.t().contiguous(), **source)
+
+
+def memoised(memo: Memo | None, key: tuple[str, int], weight: Tensor) -> DecodeWeight:
+    """`decode_weight(weight, rows)`, made once per key while `memo` lives (None: each call)."""
+    rows = key[1]
+    if memo is None:
+        return decode_weight(weight, rows)
+    layout = memo.get(key)
+    if layout is None or not layout.made_from(weight):
+        layout = memo[key] = decode_weight(weight, rows)
+    return layout
 
 
 def _onednn_available() -> bool:
@@ -82,15 +127,19 @@ class Linear(nn.Linear):
 
 
 @contextmanager
-def decoding_layout(module: nn.Module, rows: int) -> Iterator[None]:
+def decoding_layout(module: nn.Module, rows: int, memo: Memo | None = None) -> Iterator[None]:
     """Within the block, every `Linear` inside `module` on the CPU multiplies its inputs of
-    `rows` rows by a decode weight; other devices keep their layout (not measured there)."""
-    layers = [m for m in module.modules() if isinstance(m, Linear)]
-    layers = [m for m in layers if m.weight.device.type == "cpu"]
-    for layer in layers:
-        layer.decode = decode_weight(layer.weight, rows)
+    `rows` rows by a decode weight; other devices keep their layout (not measured there).
+    With `memo`, layouts made by an earlier block for the same rows are reused."""
+    layers = [
+        (name, m)
+        for name, m in module.named_modules()
+        if isinstance(m, Linear) and m.weight.device.type == "cpu"
+    ]
+    for name, layer in layers:
+        layer.decode = memoised(memo, (name, rows), layer.weight)
     try:
         yield
     finally:
-        for layer in layers:
+        for _, layer in layers:
             layer.decode = None

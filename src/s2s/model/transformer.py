@@ -21,7 +21,7 @@ from s2s.config import ModelConfig
 from s2s.model.attention import CrossAttention, SelfAttention
 from s2s.model.cache import DecoderCache
 from s2s.model.feedforward import FeedForward
-from s2s.model.linear import DecodeWeight, decode_weight, decoding_layout
+from s2s.model.linear import DecodeWeight, Memo, decoding_layout, memoised
 from s2s.model.norms import LayerNorm, RMSNorm
 from s2s.model.positions import LearnedPositions, RelativePositionBias
 from s2s.model.stacks import Decoder, Encoder
@@ -60,6 +60,7 @@ class Seq2SeqTransformer(nn.Module):
             else nn.Linear(config.d_model, config.vocab_size, bias=False)
         )
         self.head_decode: DecodeWeight | None = None  # set only by `decoding_layout`
+        self._layout_memo: Memo | None = None  # set only by `decoding_session`
         self.logit_scale = config.d_model**-0.5 if config.scale_logits else 1.0
         if config.final_logits_bias:
             # a buffer, as in BART: loaded from checkpoints, never trained
@@ -139,14 +140,36 @@ class Seq2SeqTransformer(nn.Module):
     def decoding_layout(self, rows: int) -> Iterator[None]:
         """Within the block, the decoder and LM head multiply inputs of `rows` rows (batch, or
         batch x beams) by copies of their weights laid out for that, when autograd is off
-        (faster token-by-token decoding on CPU; `s2s.model.linear`)."""
-        with decoding_layout(self.decoder, rows):
+        (faster token-by-token decoding on CPU; `s2s.model.linear`). The copies are dropped
+        at the end, unless a `decoding_session` keeps them."""
+        memo = self._layout_memo
+        with decoding_layout(self.decoder, rows, memo):
             if self.head_weight.device.type == "cpu":
-                self.head_decode = decode_weight(self.head_weight, rows)
+                self.head_decode = memoised(memo, ("lm_head", rows), self.head_weight)
             try:
                 yield
             finally:
                 self.head_decode = None
+
+    @contextmanager
+    def decoding_session(self) -> Iterator[None]:
+        """Within the block, each decoding layout is made once (per row count) and reused by
+        every later `generate` call, instead of once per call.
+
+        The weights must not change inside the block. A layout whose weight was replaced or
+        edited in place is remade, but only edits that bump the tensor's version counter are
+        seen (`load_state_dict`, foreach optimizers; torch's fused AdamW and `.data` edits
+        are not), so do not train inside a session. Sessions nest (the outermost one keeps
+        the layouts); leaving the outermost frees them.
+        """
+        if self._layout_memo is not None:
+            yield
+            return
+        self._layout_memo = {}
+        try:
+            yield
+        finally:
+            self._layout_memo = None
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
