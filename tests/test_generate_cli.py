@@ -167,3 +167,22 @@ def test_free_text_prompts_are_quoted_for_hydra():
         "prompt='already'",
         "generate.top_k=5",
     ]
+
+
+def test_learned_position_models_cut_prompts_to_their_table(tokenizer):
+    model = tiny_model(tokenizer.vocab_size, positions="learned", max_positions=12)
+    config = GenerationConfig(max_new_tokens=4)
+    long_prompt = "To be, or not to be, that is the question: whether tis nobler in the mind"
+    assert len(tokenizer.encode(long_prompt)) > 12
+    generator = TextGenerator(model, tokenizer, config)
+    assert generator.max_source_length == 12
+    answer = generator([long_prompt, PROMPTS[0]])  # no "beyond max_positions" error
+    assert generator.truncated == 1
+    explicit = TextGenerator(model, tokenizer, config, max_source_length=12)
+    assert answer == explicit([long_prompt, PROMPTS[0]])
+    ids, _ = generator.encode([long_prompt])
+    assert ids.shape == (1, 12) and ids[0, -1] == tokenizer.eos_id
+    # other position schemes have no table to outgrow: no cap unless asked for
+    rotary = TextGenerator(tiny_model(tokenizer.vocab_size), tokenizer, config)
+    assert rotary.max_source_length is None
+    assert rotary.encode([long_prompt])[0].shape[1] > 12 and rotary.truncated == 0

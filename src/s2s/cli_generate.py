@@ -134,6 +134,12 @@ def generate_file(
         )
     write_jsonl(output, prompts, outputs)
     print(f"wrote {len(outputs)} outputs to {output}", file=stdout)
+    if generator.truncated:
+        print(
+            f"note: {generator.truncated} of {len(outputs)} prompts were cut to "
+            f"{generator.max_source_length} tokens (max_source_length=)",
+            file=sys.stderr,
+        )
     if prompts.targets is not None:
         print(format_metrics(outputs, prompts.targets), file=stdout)
 

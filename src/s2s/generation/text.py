@@ -4,6 +4,10 @@ Prompts are framed the way the data module frames training inputs: token ids, th
 (optionally BOS first, for models trained with BART-style `<s>` framing). A literal `<mask>`
 or `<extra_id_N>` in a prompt becomes that special token (see `s2s.tokenizer`), so a
 pre-trained denoiser fills the blanks.
+
+Prompts longer than `max_source_length` tokens (EOS included) are cut to it; with learned
+positions, which have no embedding past `model.max_positions`, that is also the default cap,
+so one long prompt cannot stop a whole run. `truncated` counts the prompts that were cut.
 """
 
 from __future__ import annotations
@@ -44,7 +48,10 @@ class TextGenerator:
         self.tokenizer = tokenizer
         self.config = config
         self.add_bos = add_bos
+        if max_source_length is None and model.config.positions == "learned":
+            max_source_length = model.config.max_positions
         self.max_source_length = max_source_length
+        self.truncated = 0
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
 
@@ -55,8 +62,9 @@ class TextGenerator:
         rows = []
         for ids in self.tokenizer.encode_batch(texts):
             body = head + ids
-            if limit is not None:
+            if limit is not None and len(body) > limit - 1:
                 body = body[: limit - 1]
+                self.truncated += 1
             rows.append([*body, self.tokenizer.eos_id])
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.tokenizer.pad_id, dtype=torch.long)
