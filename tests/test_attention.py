@@ -16,6 +16,7 @@ from s2s.model.attention import (
     sdpa_is_fused,
 )
 from s2s.model.cache import LayerCache
+from s2s.model.dropout import dropout
 
 LOWEST = torch.finfo(torch.float32).min
 
@@ -121,6 +122,26 @@ def test_sdpa_backend_with_dropout_matches_math_for_the_same_seed():
         torch.manual_seed(7)
         outs.append(attend(q, k, v, AttentionMask(), scale=0.5, dropout=0.3, backend=backend))
     torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+
+
+def test_attention_dropout_is_dropout_of_the_probabilities():
+    """The CPU math path scales the output instead of the probabilities: same function,
+    same mask (drawn from the global generator like `s2s.model.dropout`), same gradients."""
+    q = randn(2, 3, 5, 8, seed=1, requires_grad=True)  # (B, H, T, Dh)
+    k, v = (randn(2, 3, 7, 8, seed=s, requires_grad=True) for s in (2, 3))  # (B, H, S, Dh)
+    bias = randn(1, 3, 5, 7, seed=4)
+    torch.manual_seed(11)
+    out = attend(q, k, v, AttentionMask(bias), scale=0.5, dropout=0.25, backend="math")
+    torch.manual_seed(11)
+    probs = torch.softmax(q @ k.transpose(-1, -2) * 0.5 + bias, dim=-1)  # (B, H, T, S)
+    dropped = dropout(probs, 0.25, training=True)
+    assert (dropped == 0).any() and not torch.equal(dropped, probs)  # it does drop
+    expected = dropped @ v
+    torch.testing.assert_close(out, expected)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def _separate_projection_reference(attn: SelfAttention, x, scale):

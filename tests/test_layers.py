@@ -6,9 +6,11 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from model_fixtures import tiny_config
 
 from s2s.model.attention import AttentionMask, build_mask
+from s2s.model.dropout import dropout
 from s2s.model.feedforward import FeedForward
 from s2s.model.layers import DecoderLayer, EncoderLayer
 from s2s.model.norms import LayerNorm, RMSNorm
@@ -104,6 +106,28 @@ def test_feedforward_matches_formula(activation, gated):
     expected = h @ ffn.wo.weight.T + ffn.wo.bias
     torch.testing.assert_close(ffn(x), expected, atol=1e-5, rtol=1e-5)
     assert ffn.wi.weight.shape == ((24 if gated else 12), 8)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_feedforward_dropout_is_dropout_of_the_inner_activation(bias):
+    """In training: wo(dropout(act(wi x))) with the mask of `s2s.model.dropout` for the same
+    seed, and its gradients; in eval mode no dropout."""
+    torch.manual_seed(0)
+    ffn = FeedForward(8, 12, activation="relu", gated=False, bias=bias, dropout=0.3).train()
+    x = randn(4, 5, 8).requires_grad_(True)
+    torch.manual_seed(5)
+    out = ffn(x)
+    torch.manual_seed(5)
+    dropped = dropout(torch.relu(F.linear(x, ffn.wi.weight, ffn.wi.bias)), 0.3, training=True)
+    assert (dropped == 0).sum() > (torch.relu(ffn.wi(x)) == 0).sum()  # it does drop
+    expected = F.linear(dropped, ffn.wo.weight, ffn.wo.bias)
+    torch.testing.assert_close(out, expected)
+    params = [x, *ffn.parameters()]
+    grads = torch.autograd.grad(out.square().sum(), params)
+    for got, want in zip(grads, torch.autograd.grad(expected.square().sum(), params), strict=True):
+        torch.testing.assert_close(got, want)
+    plain = F.linear(torch.relu(ffn.wi(x)), ffn.wo.weight, ffn.wo.bias)
+    torch.testing.assert_close(ffn.eval()(x), plain)  # no dropout in eval mode
 
 
 def test_feedforward_rejects_unknown_activation():

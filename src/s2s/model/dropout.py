@@ -16,6 +16,7 @@ as fast as Inductor's own dropout. Other devices keep torch's fused kernel.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,31 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, training=True)  # a fused kernel (CUDA, or Inductor's own RNG)
-    scale = _LEVELS / (_LEVELS - drop_levels(p))  # 1 / (1 - quantised p)
-    return x * keep_mask(x.shape, p, device=x.device).to(x.dtype).mul_(scale)
+    keep = keep_mask(x.shape, p, device=x.device)
+    return x * keep.to(x.dtype).mul_(keep_scale(p))
+
+
+def keep_scale(p: float) -> float:
+    """1 / (1 - quantised p): what kept elements are multiplied by."""
+    return _LEVELS / (_LEVELS - drop_levels(p))
+
+
+def dropout_into(x: Tensor, p: float, linear: Callable[[Tensor], Tensor], training: bool) -> Tensor:
+    """`linear(dropout(x, p))` for a map without a bias term (linear(c x) = c linear(x)).
+
+    On CPU the scale 1 / (1 - p) is applied to linear's output, not to x: the dropped entries
+    of x are zeroed with `torch.where` on the bool mask, which autograd saves instead of a
+    float mask. Worth it where x is much wider than the output: attention probabilities
+    (B, H, T, S) before P V (B, H, T, Dh) made a T5-small float32 training step (2 threads)
+    10-12% faster. The feed-forward's (B, T, F) before `wo` (B, T, D) gained nothing
+    measurable, so it keeps `Dropout`.
+    """
+    if not training or p == 0.0:
+        return linear(x)
+    if x.device.type != "cpu":
+        return linear(F.dropout(x, p, training=True))
+    keep = keep_mask(x.shape, p, device=x.device)
+    return linear(torch.where(keep, x, 0.0)) * keep_scale(p)
 
 
 class Dropout(nn.Module):
