@@ -144,6 +144,50 @@ def test_attention_dropout_is_dropout_of_the_probabilities():
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("case", ["none", "padding", "causal", "bias", "bias+padding"])
+def test_cpu_training_attention_equals_the_math_path_with_gradients(case, dropout):
+    """The "sdpa" backend trains float32 CPU attention with torch's flash kernel or, with
+    dropout or a learned bias, `CpuAttention` (in-place backward); the output and the
+    gradients of q, k, v and the bias equal the math reference."""
+    b, h, t = 2, 3, 5
+    s = t if case == "causal" else 7
+    padding = torch.tensor([[1] * s, [1] * (s - 3) + [0] * 3])
+    leaves = {}
+
+    def run(backend):
+        q = randn(b, h, t, 8, seed=1, requires_grad=True)
+        k, v = (randn(b, h, s, 8, seed=i, requires_grad=True) for i in (2, 3))
+        bias = randn(1, h, t, s, seed=4, requires_grad=True)
+        mask = build_mask(
+            padding if "padding" in case else None,
+            q_len=t,
+            k_len=s,
+            causal=case == "causal",
+            bias=bias if "bias" in case else None,
+        )
+        torch.manual_seed(5)
+        out = attend(q, k, v, mask, scale=0.7, dropout=dropout, backend=backend)
+        weights = randn(*out.shape, seed=6)
+        grads = torch.autograd.grad((out * weights).sum(), (q, k, v, bias), allow_unused=True)
+        leaves[backend] = out.grad_fn
+        return out, grads
+
+    out, grads = run("sdpa")
+    expected, expected_grads = run("math")
+    # torch's flash kernel where it applies (no dropout, no learned bias), else the custom one
+    fused = dropout == 0.0 and "bias" not in case
+    assert type(leaves["sdpa"]).__name__ == (
+        "ScaledDotProductFlashAttentionForCpuBackward0" if fused else "CpuAttentionBackward"
+    )
+    torch.testing.assert_close(out, expected)
+    for name, got, want in zip("qkvb", grads, expected_grads, strict=True):
+        if want is None:
+            assert got is None, name
+        else:
+            torch.testing.assert_close(got, want, msg=name)
+
+
 def _separate_projection_reference(attn: SelfAttention, x, scale):
     """Self-attention with q, k, v taken as slices of the fused matrix, heads looped."""
     d = attn.out.in_features

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from s2s.model.cache import LayerCache
+from s2s.model.cpu_attention import CpuAttention, masked_scores
 from s2s.model.dropout import dropout_into
 from s2s.model.linear import Linear
 from s2s.model.positions import RotaryAngles
@@ -87,33 +88,47 @@ def attend(
 ) -> Tensor:
     """Scaled dot-product attention: q (B, H, T, Dh), k and v (B, H, S, Dh) -> (B, H, T, Dh).
 
-    "sdpa" calls torch's fused kernel where it has one for these inputs and otherwise runs
-    the math below. That beats SDPA's own unfused fallback (1.7x on T5-small's encoder
-    attention under bf16 autocast on a 2-core EPYC; the fallback also scales q and k apart
-    and checks for fully masked rows) and draws its dropout mask with `s2s.model.dropout`.
+    "sdpa" calls torch's fused kernel where it has one for these inputs; otherwise, when
+    autograd records a float32 CPU attention, `CpuAttention` (this math with an in-place
+    backward); otherwise the math below. The math beats SDPA's own unfused fallback (1.7x
+    on T5-small's encoder attention under bf16 autocast on a 2-core EPYC; the fallback also
+    scales q and k apart and checks for fully masked rows) and draws its dropout mask with
+    `s2s.model.dropout`. "math" always runs the math below, the readable reference.
     """
     if backend == "sdpa" and sdpa_is_fused(q, mask, dropout):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask.tensor, dropout_p=dropout, is_causal=mask.is_causal, scale=scale
         )
-    # The score edits below are in place: the matmul's backward needs q and k, not its output,
-    # so no (B, H, T, S) copy is made (a T5-small encoder layer: 62 vs 72 ms fwd + bwd).
-    scores = torch.matmul(q, k.transpose(-2, -1))  # (B, H, T, S)
-    if scale != 1.0:
-        scores.mul_(scale)
-    lowest = torch.finfo(scores.dtype).min
-    if mask.is_causal:
-        t, s = scores.shape[-2:]
-        tril = torch.ones(t, s, dtype=torch.bool, device=scores.device).tril(s - t)
-        scores.masked_fill_(~tril, lowest)
-    elif mask.tensor is not None and mask.tensor.dtype == torch.bool:
-        scores.masked_fill_(~mask.tensor, lowest)
-    elif mask.tensor is not None:
-        scores.add_(mask.tensor)
+    bias, allowed = _bias_and_allowed(mask, q.shape[-2], k.shape[-2], q.device)
+    if backend == "sdpa" and _float32_cpu_training(q, k, v):
+        return CpuAttention.apply(q, k, v, bias, allowed, scale, dropout)
+    scores = masked_scores(q, k, bias, allowed, scale)  # (B, H, T, S)
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
     # dropout(P) V, with the scale applied to the (B, H, T, Dh) output rather than the S-wide
     # P on CPU (a T5-small encoder layer's P is 33 MB in float32, its bool mask 8 MB)
     return dropout_into(probs, dropout, lambda p: torch.matmul(p, v), training=dropout > 0.0)
+
+
+def _float32_cpu_training(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether autograd records a float32 attention on CPU (`s2s.model.cpu_attention`)."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype == torch.float32
+        and torch.is_grad_enabled()
+        and (q.requires_grad or k.requires_grad or v.requires_grad)
+    )
+
+
+def _bias_and_allowed(
+    mask: AttentionMask, q_len: int, k_len: int, device: torch.device
+) -> tuple[Tensor | None, Tensor | None]:
+    """The mask as (float additive bias, bool "may attend"), either None."""
+    if mask.is_causal:
+        tril = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+        return None, tril[None, None]  # (1, 1, T, S)
+    if mask.tensor is not None and mask.tensor.dtype == torch.bool:
+        return None, mask.tensor
+    return mask.tensor, None
 
 
 def sdpa_is_fused(q: Tensor, mask: AttentionMask, dropout: float) -> bool:
