@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -144,8 +145,15 @@ def test_attention_dropout_is_dropout_of_the_probabilities():
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-@pytest.mark.parametrize("case", ["none", "padding", "causal", "bias", "bias+padding"])
+# (a fully padded row only with dropout: without, torch's flash kernel runs, and it returns
+# zeros for such rows where the math returns the mean of the values)
+@pytest.mark.parametrize(
+    ("case", "dropout"),
+    [
+        *itertools.product(["none", "padding", "causal", "bias", "bias+padding"], [0.0, 0.3]),
+        ("empty row padding", 0.3),
+    ],
+)
 def test_cpu_training_attention_equals_the_math_path_with_gradients(case, dropout):
     """The "sdpa" backend trains float32 CPU attention with torch's flash kernel or, with
     dropout or a learned bias, `CpuAttention` (in-place backward); the output and the
@@ -153,6 +161,8 @@ def test_cpu_training_attention_equals_the_math_path_with_gradients(case, dropou
     b, h, t = 2, 3, 5
     s = t if case == "causal" else 7
     padding = torch.tensor([[1] * s, [1] * (s - 3) + [0] * 3])
+    if case == "empty row padding":  # a fully padded row: every key masked, P uniform
+        padding = torch.tensor([[1] * s, [0] * s])
     leaves = {}
 
     def run(backend):
@@ -186,6 +196,24 @@ def test_cpu_training_attention_equals_the_math_path_with_gradients(case, dropou
             assert got is None, name
         else:
             torch.testing.assert_close(got, want, msg=name)
+
+
+def test_attention_under_bf16_autocast_trains_like_the_math_path():
+    """Under autocast, rotary q and k stay float32 while v is bf16: the "sdpa" backend must
+    not take the float32-only CPU training path (it would fail in the backward)."""
+    q = randn(2, 2, 4, 8, seed=1, requires_grad=True)
+    k = randn(2, 2, 6, 8, seed=2, requires_grad=True)
+    v = randn(2, 2, 6, 8, seed=3).bfloat16().requires_grad_(True)
+    results = []
+    for backend in ("sdpa", "math"):
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = attend(q, k, v, AttentionMask(), scale=0.5, dropout=0.2, backend=backend)
+        results.append((out, torch.autograd.grad(out.float().sum(), (q, k, v))))
+    (out, grads), (expected, expected_grads) = results
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def _separate_projection_reference(attn: SelfAttention, x, scale):

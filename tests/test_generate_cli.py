@@ -182,6 +182,8 @@ def test_learned_position_models_cut_prompts_to_their_table(tokenizer):
     assert answer == explicit([long_prompt, PROMPTS[0]])
     ids, _ = generator.encode([long_prompt])
     assert ids.shape == (1, 12) and ids[0, -1] == tokenizer.eos_id
+    # a larger explicit cap cannot exceed the table either
+    assert TextGenerator(model, tokenizer, config, max_source_length=40).max_source_length == 12
     # other position schemes have no table to outgrow: no cap unless asked for
     rotary = TextGenerator(tiny_model(tokenizer.vocab_size), tokenizer, config)
     assert rotary.max_source_length is None

@@ -241,16 +241,23 @@ def test_decoding_session_keeps_layouts_until_it_ends_and_remakes_edited_ones():
     with model.decoding_session():
         first = layouts(3)
         assert layouts(3)[0] is first[0] and layouts(3)[1] is first[1]  # kept
-        assert layouts(1)[0] is not first[0]  # one per row count
         with model.decoding_session():  # nested: the outer session's layouts
             assert layouts(3)[0] is first[0]
+        assert layouts(1)[0] is not first[0]  # other rows replace them: one copy at most
+        n_layers = sum(isinstance(m, Linear) for m in model.decoder.modules())
+        assert len(model._layout_memo) == n_layers + 1  # the decoder's and the LM head
+        first = layouts(3)
         assert layouts(3)[0] is first[0]
+        # a replaced weight (model.to round trip: same Parameter, new storage) is seen
+        model.to(torch.float64).to(torch.float32)
+        assert layouts(3)[0] is not first[0] and layouts(3)[0].made_from(qkv.weight, 3)
+        first = layouts(3)
         # an in-place edit that bumps the version counter (load_state_dict) is seen
         state = {k: v.clone() for k, v in model.state_dict().items()}
         state["decoder.layers.0.self_attn.qkv.weight"].mul_(2.0)
         model.load_state_dict(state)
         remade = layouts(3)[0]
-        assert remade is not first[0] and remade.made_from(qkv.weight)
+        assert remade is not first[0] and remade.made_from(qkv.weight, 3)
         # decoding with the session's layouts equals decoding with the edited parameters
         with torch.inference_mode():
             expected, _ = decode_step_by_step(model, batch)

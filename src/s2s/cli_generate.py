@@ -137,7 +137,7 @@ def generate_file(
     if generator.truncated:
         print(
             f"note: {generator.truncated} of {len(outputs)} prompts were cut to "
-            f"{generator.max_source_length} tokens (max_source_length=)",
+            f"{generator.max_source_length} tokens (set max_source_length= to change that)",
             file=sys.stderr,
         )
     if prompts.targets is not None:

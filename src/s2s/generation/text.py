@@ -6,8 +6,8 @@ or `<extra_id_N>` in a prompt becomes that special token (see `s2s.tokenizer`), 
 pre-trained denoiser fills the blanks.
 
 Prompts longer than `max_source_length` tokens (EOS included) are cut to it; with learned
-positions, which have no embedding past `model.max_positions`, that is also the default cap,
-so one long prompt cannot stop a whole run. `truncated` counts the prompts that were cut.
+positions, which have no embedding past `model.max_positions`, that is the default and the
+upper limit, so one long prompt cannot stop a whole run. `truncated` counts prompts cut.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ class TextGenerator:
         self.tokenizer = tokenizer
         self.config = config
         self.add_bos = add_bos
-        if max_source_length is None and model.config.positions == "learned":
-            max_source_length = model.config.max_positions
+        if model.config.positions == "learned":  # no position embedding past the table
+            table = model.config.max_positions
+            max_source_length = min(max_source_length or table, table)
         self.max_source_length = max_source_length
         self.truncated = 0
         self.device = torch.device(device)

@@ -110,10 +110,14 @@ def attend(
 
 
 def _float32_cpu_training(q: Tensor, k: Tensor, v: Tensor) -> bool:
-    """Whether autograd records a float32 attention on CPU (`s2s.model.cpu_attention`)."""
+    """Whether autograd records a float32 attention on CPU (`s2s.model.cpu_attention`).
+
+    Not under autocast: its matmuls would run in bf16 inside the function (and rotary q, k
+    stay float32 while v is bf16)."""
     return (
         q.device.type == "cpu"
-        and q.dtype == torch.float32
+        and q.dtype == k.dtype == v.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
         and torch.is_grad_enabled()
         and (q.requires_grad or k.requires_grad or v.requires_grad)
     )

@@ -69,7 +69,7 @@ class CpuAttention(torch.autograd.Function):
             out = torch.matmul(torch.where(keep, probs, 0.0), v).mul_(keep_scale(dropout))
         else:
             out = torch.matmul(probs, v)  # (B, H, T, Dh)
-        ctx.save_for_backward(q, k, v, probs, keep, out)
+        ctx.save_for_backward(q, k, v, probs, keep, out, allowed)
         ctx.scale, ctx.dropout = scale, dropout
         ctx.bias_shape = None if bias is None else bias.shape
         return out
@@ -77,7 +77,7 @@ class CpuAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        q, k, v, probs, keep, out = ctx.saved_tensors
+        q, k, v, probs, keep, out, allowed = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         rowdot = (grad_out * out).sum(-1, keepdim=True)  # D: (B, H, T, 1)
         if keep is not None:
@@ -90,6 +90,10 @@ class CpuAttention(torch.autograd.Function):
             grad_v = torch.matmul(probs.transpose(-2, -1), grad_out)
             buffer = torch.matmul(grad_out, v.transpose(-2, -1))  # dP
         buffer.sub_(rowdot).mul_(probs)  # dS, the gradient of the scores (bias included)
+        if allowed is not None:
+            # as the math path's masked_fill: no gradient through masked scores (only rows
+            # with every key masked, whose P is uniform, have any there)
+            buffer.masked_fill_(~allowed, 0.0)
         grad_bias = None
         if ctx.needs_input_grad[3]:
             grad_bias = _sum_to(buffer, ctx.bias_shape)
@@ -101,6 +105,9 @@ class CpuAttention(torch.autograd.Function):
 
 
 def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
-    """Sum a (B, H, T, S) gradient over the dims a broadcast bias of `shape` expanded."""
-    dims = [i for i, (g, b) in enumerate(zip(grad.shape, shape, strict=True)) if b == 1 and g != 1]
-    return grad.sum(dim=dims, keepdim=True) if dims else grad.clone()
+    """Sum a (B, H, T, S) gradient to `shape`, the bias's shape before broadcasting."""
+    lead = grad.dim() - len(shape)
+    padded = (1,) * lead + tuple(shape)
+    dims = [i for i, (g, b) in enumerate(zip(grad.shape, padded, strict=True)) if b == 1 and g != 1]
+    summed = grad.sum(dim=dims, keepdim=True) if dims else grad.clone()
+    return summed.reshape(shape)

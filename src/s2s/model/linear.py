@@ -44,26 +44,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 ONEDNN_MIN_ELEMENTS = 256 * 256  # smaller weights use the transpose at any row count
-Memo = dict[tuple[str, int], "DecodeWeight"]  # (layer name, rows) -> layout, see `memoised`
+Memo = dict[str, "DecodeWeight"]  # layer name -> its layout, see `memoised`
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DecodeWeight:
     """A weight (O, I) laid out for `rows`-row products: "plain" (the parameter itself),
-    "transposed" (I, O) or "onednn" (packed). `source` and `version` identify what it was
-    made from, so a memoised layout whose weight was replaced or edited in place is remade."""
+    "transposed" (I, O) or "onednn" (packed). `source` (the weight's storage, held so that
+    its address cannot be reused by another tensor) and `version` identify what it was made
+    from, so a memoised layout whose weight was replaced or edited in place is remade."""
 
     kind: str
-    tensor: Tensor
-    source: int = 0  # data_ptr() of the weight
-    version: int = 0  # the weight's in-place version counter
+    tensor: Tensor = field(repr=False)
+    rows: int = 0
+    source: Tensor | None = field(default=None, repr=False)  # the weight, detached
+    version: int = 0  # the weight's in-place version counter when the layout was made
 
     def apply(self, x: Tensor, bias: Tensor | None) -> Tensor:
         """x (..., I) -> (..., O)."""
@@ -74,14 +76,21 @@ class DecodeWeight:
         y = torch.matmul(x, self.tensor)
         return y if bias is None else y + bias
 
-    def made_from(self, weight: Tensor) -> bool:
-        return self.source == weight.data_ptr() and self.version == weight._version
+    def made_from(self, weight: Tensor, rows: int) -> bool:
+        """Whether this layout is for `rows` rows of `weight` as it is now."""
+        return (
+            self.rows == rows
+            and self.source is not None
+            and self.source.data_ptr() == weight.data_ptr()
+            and self.source.dtype == weight.dtype
+            and self.version == weight._version
+        )
 
 
 def decode_weight(weight: Tensor, rows: int) -> DecodeWeight:
     """The faster layout of `weight` (O, I) for products with `rows` rows (see module doc)."""
-    source = {"source": weight.data_ptr(), "version": weight._version}
     weight = weight.detach()
+    source = {"rows": rows, "source": weight, "version": weight._version}
     if rows > 1 and weight.numel() >= ONEDNN_MIN_ELEMENTS and _onednn_available():
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
@@ -94,14 +103,18 @@ def decode_weight(weight: Tensor, rows: int) -> DecodeWeight:
     return DecodeWeight("transposed", weight.t().contiguous(), **source)
 
 
-def memoised(memo: Memo | None, key: tuple[str, int], weight: Tensor) -> DecodeWeight:
-    """`decode_weight(weight, rows)`, made once per key while `memo` lives (None: each call)."""
-    rows = key[1]
+def memoised(memo: Memo | None, name: str, weight: Tensor, rows: int) -> DecodeWeight:
+    """`decode_weight(weight, rows)`, kept in `memo` under `name` (None: made each call).
+
+    One layout per layer: a call with another row count replaces it, so a memo never holds
+    more than one copy of the weights (generate.py's last, smaller batch remakes them once).
+    """
     if memo is None:
         return decode_weight(weight, rows)
-    layout = memo.get(key)
-    if layout is None or not layout.made_from(weight):
-        layout = memo[key] = decode_weight(weight, rows)
+    layout = memo.get(name)
+    if layout is None or not layout.made_from(weight, rows):
+        memo.pop(name, None)  # free the old copy before making the new one
+        layout = memo[name] = decode_weight(weight, rows)
     return layout
 
 
@@ -137,7 +150,7 @@ def decoding_layout(module: nn.Module, rows: int, memo: Memo | None = None) -> I
         if isinstance(m, Linear) and m.weight.device.type == "cpu"
     ]
     for name, layer in layers:
-        layer.decode = memoised(memo, (name, rows), layer.weight)
+        layer.decode = memoised(memo, name, layer.weight, rows)
     try:
         yield
     finally:

@@ -145,7 +145,7 @@ class Seq2SeqTransformer(nn.Module):
         memo = self._layout_memo
         with decoding_layout(self.decoder, rows, memo):
             if self.head_weight.device.type == "cpu":
-                self.head_decode = memoised(memo, ("lm_head", rows), self.head_weight)
+                self.head_decode = memoised(memo, "lm_head", self.head_weight, rows)
             try:
                 yield
             finally:
@@ -153,13 +153,15 @@ class Seq2SeqTransformer(nn.Module):
 
     @contextmanager
     def decoding_session(self) -> Iterator[None]:
-        """Within the block, each decoding layout is made once (per row count) and reused by
-        every later `generate` call, instead of once per call.
+        """Within the block, each decoding layout is made once and reused by every later
+        `generate` call with the same rows (batch x beams), instead of once per call; a call
+        with other rows replaces them (one copy of the weights at most).
 
-        The weights must not change inside the block. A layout whose weight was replaced or
-        edited in place is remade, but only edits that bump the tensor's version counter are
-        seen (`load_state_dict`, foreach optimizers; torch's fused AdamW and `.data` edits
-        are not), so do not train inside a session. Sessions nest (the outermost one keeps
+        The weights must not change inside the block. A layout whose weight was replaced
+        (`model.to(...)`, `load_state_dict(assign=True)`) or edited in place is remade, but
+        only in-place edits that bump the tensor's version counter are seen (`load_state_dict`,
+        foreach optimizers; torch's fused AdamW and `.data` edits, e.g. an EMA, are not), so
+        do not train inside a session. Sessions nest (the outermost one keeps
         the layouts); leaving the outermost frees them.
         """
         if self._layout_memo is not None:
