@@ -37,6 +37,12 @@ class AttentionMask:
     is_causal: bool = False
 
 
+def causal_mask(q_len: int, k_len: int, device: torch.device | None) -> Tensor:
+    """(1, 1, T, S) bool: query i, at position S - T + i, may attend keys 0 .. S - T + i."""
+    tril = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+    return tril[None, None]
+
+
 def build_mask(
     padding_mask: Tensor | None,
     *,
@@ -64,8 +70,7 @@ def build_mask(
     if causal and q_len > 1:
         if allowed is None and bias is None and q_len == k_len:
             return AttentionMask(is_causal=True)
-        tril = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
-        tril = tril[None, None]  # (1, 1, T, S)
+        tril = causal_mask(q_len, k_len, device)
         allowed = tril if allowed is None else allowed & tril
     if bias is None:
         return AttentionMask(tensor=allowed)
@@ -128,8 +133,7 @@ def _bias_and_allowed(
 ) -> tuple[Tensor | None, Tensor | None]:
     """The mask as (float additive bias, bool "may attend"), either None."""
     if mask.is_causal:
-        tril = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
-        return None, tril[None, None]  # (1, 1, T, S)
+        return None, causal_mask(q_len, k_len, device)
     if mask.tensor is not None and mask.tensor.dtype == torch.bool:
         return None, mask.tensor
     return mask.tensor, None
