@@ -180,11 +180,19 @@ def test_min_new_tokens_and_no_repeat_ngram(strategy):
         assert len(bigrams) == len(set(bigrams))
 
 
-def test_generate_restores_training_mode():
+def test_generate_restores_training_mode_and_decodes_in_eval_mode():
     model, b = model_for("rotary"), batch()
+    for module in model.modules():
+        if hasattr(module, "p"):
+            module.p = 0.5  # strong dropout: outputs would differ if it ran while generating
+    model.eval()
+    expected = generate(model, b.input_ids, b.attention_mask, max_new_tokens=4)
+    assert not model.training
     model.train()
-    generate(model, b.input_ids, b.attention_mask, max_new_tokens=2)
-    assert model.training
+    torch.manual_seed(1)
+    out = generate(model, b.input_ids, b.attention_mask, max_new_tokens=4)
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.equal(out, expected)
 
 
 def test_repetition_penalty_by_hand():

@@ -74,6 +74,23 @@ def test_fused_rmsnorm_gradients_equal_the_explicit_math():
 
 
 @pytest.mark.parametrize("norm_cls", [LayerNorm, RMSNorm])
+def test_norms_without_autograd_equal_the_math(norm_cls):
+    # without autograd, float32 LayerNorm takes torch's fused kernel (s2s.model.norms)
+    norm = norm_cls(8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(randn(8, seed=1))
+    x = randn(3, 4, 8) * 5 + 2
+    with_grad = norm(x)
+    assert with_grad.requires_grad
+    with torch.inference_mode():
+        without = norm(x)
+    if norm_cls is RMSNorm:
+        assert torch.equal(without, with_grad)  # the same ops either way
+    else:
+        torch.testing.assert_close(without, with_grad, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("norm_cls", [LayerNorm, RMSNorm])
 def test_norms_keep_half_dtype(norm_cls):
     x = randn(2, 8).to(torch.bfloat16) * 100
     y = norm_cls(8, eps=1e-6).to(torch.bfloat16)(x)

@@ -61,7 +61,7 @@ class InputEmbedding(nn.Module):
             )
         if self.norm is not None:
             x = self.norm(x)
-        return self.dropout(x)
+        return self.dropout(x) if self.training else x
 
 
 class _Stack(nn.Module):
@@ -101,7 +101,8 @@ class _Stack(nn.Module):
     def _finish(self, x: Tensor) -> Tensor:
         if self.final_norm is None:
             return x
-        return self.final_dropout(self.final_norm(x))
+        x = self.final_norm(x)
+        return self.final_dropout(x) if self.training else x
 
 
 class Encoder(_Stack):
