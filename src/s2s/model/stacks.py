@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from s2s.config import ModelConfig
 from s2s.model.attention import build_mask
 from s2s.model.cache import DecoderCache
+from s2s.model.decode_step import can_step, layer_step
 from s2s.model.dropout import Dropout
 from s2s.model.layers import DecoderLayer, EncoderLayer
 from s2s.model.norms import make_norm
@@ -134,6 +135,9 @@ class Decoder(_Stack):
         super().__init__(config, tokens, bidirectional=False)
         self.rotary_cross_attention = config.uses_rotary_cross_attention
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
+        # set by `Seq2SeqTransformer.decoding_layout`: one-position steps may take
+        # `s2s.model.decode_step.layer_step` (no module calls, so only when no hooks exist)
+        self.fast_steps = False
 
     def forward(
         self,
@@ -171,7 +175,11 @@ class Decoder(_Stack):
         first_use = cache is None or cache.layers[0].cross_k is None
         if self.rotary_cross_attention and first_use:  # cached cross keys are already rotated
             memory_rotary = self._rotary(s, 0, x)
+        fast = self.fast_steps and can_step(x, layer_caches[0], self.training)
         for layer, layer_cache in zip(self.layers, layer_caches, strict=True):
+            if fast:
+                x = layer_step(layer, x, self_mask, memory_mask, rotary, layer_cache)
+                continue
             x = layer(
                 x, self_mask, encoder_hidden_states, memory_mask, rotary, layer_cache, memory_rotary
             )

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from s2s.config import ModelConfig
 from s2s.model.attention import CrossAttention, SelfAttention
 from s2s.model.cache import DecoderCache
+from s2s.model.decode_step import steps_can_skip_modules
 from s2s.model.feedforward import FeedForward
 from s2s.model.linear import DecodeWeight, Memo, decoding_layout, memoised
 from s2s.model.norms import LayerNorm, RMSNorm
@@ -141,15 +142,19 @@ class Seq2SeqTransformer(nn.Module):
         """Within the block, the decoder and LM head multiply inputs of `rows` rows (batch, or
         batch x beams) by copies of their weights laid out for that, when autograd is off
         (faster token-by-token decoding on CPU; `s2s.model.linear`). The copies are dropped
-        at the end, unless a `decoding_session` keeps them."""
+        at the end, unless a `decoding_session` keeps them. One-position steps also skip
+        the decoder's module calls when no hook is registered (`s2s.model.decode_step`)."""
         memo = self._layout_memo
         with decoding_layout(self.decoder, rows, memo):
             if self.head_weight.device.type == "cpu":
                 self.head_decode = memoised(memo, "lm_head", self.head_weight, rows)
+            fast_steps = self.decoder.fast_steps
+            self.decoder.fast_steps = steps_can_skip_modules(self.decoder)
             try:
                 yield
             finally:
                 self.head_decode = None
+                self.decoder.fast_steps = fast_steps
 
     @contextmanager
     def decoding_session(self) -> Iterator[None]:
