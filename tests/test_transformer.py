@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 from model_fixtures import POSITIONS, VOCAB, padded_batch, tiny_config, tiny_model
 
 from s2s.model import DecoderCache, Seq2SeqTransformer, shift_right
-from s2s.model.linear import ONEDNN_MIN_ELEMENTS, Linear, decode_weight
+from s2s.model.linear import HUGE_PAGE, ONEDNN_MIN_ELEMENTS, Linear, _one_buffer, decode_weight
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 MEMOISED = ("rotary", "t5_relative")  # schemes whose per-step tables a cache memoises
@@ -226,6 +228,36 @@ def test_decode_weight_layouts_multiply_like_linear(in_features, out_features, r
         assert weight.tensor.is_contiguous() and torch.equal(weight.tensor, layer.weight.t())
     if kind == "plain":
         assert weight.tensor.data_ptr() == layer.weight.data_ptr()  # no copy
+
+
+def test_one_buffer_copies_back_to_back_on_huge_page_boundaries():
+    big = [torch.randn(700, 600).t(), torch.randn(512, 512), torch.randn(3, 5)]  # 2.7 MB
+    placed = _one_buffer(big)
+    for original, copy in zip(big, placed, strict=True):
+        assert torch.equal(copy, original) and copy.is_contiguous()
+        assert copy.data_ptr() % 64 == 0  # each on a cache line
+    if sys.platform == "linux":  # one buffer, starting on a 2 MB boundary (madvised there)
+        storage = placed[0].untyped_storage().data_ptr()
+        assert all(t.untyped_storage().data_ptr() == storage for t in placed)
+        assert placed[0].data_ptr() % HUGE_PAGE == 0
+    small = [torch.randn(64, 64)]  # under one huge page: left where it is
+    assert _one_buffer(small)[0] is small[0]
+
+
+def test_one_row_layouts_share_one_buffer_and_decode_the_same():
+    model = tiny_model(d_model=256, d_ff=512, vocab_size=4096, tie_embeddings=False)
+    batch = padded_batch(4096, src_lengths=(6,), tgt_lengths=(5,))
+    with torch.inference_mode():
+        expected, _ = decode_step_by_step(model, batch)
+        with model.decoding_layout(rows=1):
+            stepped, _ = decode_step_by_step(model, batch)
+            layouts = [m.decode for m in model.decoder.modules() if isinstance(m, Linear)]
+            layouts.append(model.head_decode)
+            assert {w.kind for w in layouts} == {"transposed", "plain"}
+            if sys.platform == "linux":  # the 4 MB head and the layers' copies together
+                buffers = {w.tensor.untyped_storage().data_ptr() for w in layouts}
+                assert len(buffers) == 1
+    torch.testing.assert_close(stepped, expected, **TOL)
 
 
 def test_decoding_session_keeps_layouts_until_it_ends_and_remakes_edited_ones():

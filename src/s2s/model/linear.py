@@ -42,6 +42,9 @@ uses its parameter. Results equal `F.linear` up to float rounding (summation ord
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ONEDNN_MIN_ELEMENTS = 256 * 256  # smaller weights use the transpose at any row count
-Memo = dict[str, "DecodeWeight"]  # layer name -> its layout, see `memoised`
+Memo = dict[str, "DecodeWeight"]  # layer name -> its layout, see `make_layouts`
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,19 +106,84 @@ def decode_weight(weight: Tensor, rows: int) -> DecodeWeight:
     return DecodeWeight("transposed", weight.t().contiguous(), **source)
 
 
-def memoised(memo: Memo | None, name: str, weight: Tensor, rows: int) -> DecodeWeight:
-    """`decode_weight(weight, rows)`, kept in `memo` under `name` (None: made each call).
+def make_layouts(
+    weights: dict[str, Tensor], rows: int, memo: Memo | None
+) -> dict[str, DecodeWeight]:
+    """`decode_weight(w, rows)` for each named weight, taken from `memo` when it was made there
+    from the same weight for the same rows (None: made each call), and kept in it.
 
-    One layout per layer: a call with another row count replaces it, so a memo never holds
-    more than one copy of the weights (generate.py's last, smaller batch remakes them once).
+    One layout per name: a call with another row count replaces it, so a memo never holds more
+    than one copy of the weights (generate.py's last, smaller batch remakes them once). The
+    copies made by one call share one buffer that Linux may back with 2 MB pages
+    (`_one_buffer`).
     """
-    if memo is None:
-        return decode_weight(weight, rows)
-    layout = memo.get(name)
-    if layout is None or not layout.made_from(weight, rows):
-        memo.pop(name, None)  # free the old copy before making the new one
-        layout = memo[name] = decode_weight(weight, rows)
-    return layout
+    made: dict[str, DecodeWeight] = {}
+    fresh = []
+    for name, weight in weights.items():
+        layout = None if memo is None else memo.get(name)
+        if layout is None or not layout.made_from(weight, rows):
+            if memo is not None:
+                memo.pop(name, None)  # free the old copy before making the new one
+            layout = decode_weight(weight, rows)
+            if layout.kind != "onednn":  # (oneDNN's packed weights are opaque tensors)
+                fresh.append(name)
+        made[name] = layout
+    placed = _one_buffer([made[name].tensor for name in fresh])
+    for name, tensor in zip(fresh, placed, strict=True):
+        made[name] = dataclasses.replace(made[name], tensor=tensor)
+    if memo is not None:
+        memo.update(made)
+    return made
+
+
+HUGE_PAGE = 2 * 2**20  # bytes in an x86-64 / arm64 transparent huge page
+_MADV_HUGEPAGE = 14  # Linux's madvise advice number
+
+
+def _one_buffer(tensors: list[Tensor]) -> list[Tensor]:
+    """Copies of `tensors`, back to back in one fresh buffer advised for 2 MB pages.
+
+    A one-row product reads its weight once, and with 4 KB pages every 4 KB costs a TLB miss:
+    512 x 512 float32 products (1 MB) ran 8-10% faster from huge pages on the 2-core EPYC, and
+    greedy decoding at batch 1 4-5% faster (d_model 256) and 7-8% (T5-small shapes). Linux
+    backs an `madvise(MADV_HUGEPAGE)` region with huge pages when transparent huge pages are
+    "always" or "madvise" (the usual default); elsewhere, or below one huge page of data, the
+    tensors are returned as they are.
+    """
+    if not tensors or sys.platform != "linux":
+        return tensors
+    dtype, device = tensors[0].dtype, tensors[0].device
+    if device.type != "cpu" or any(t.dtype != dtype or t.device != device for t in tensors):
+        return tensors
+    size = tensors[0].element_size()
+    align = 64 // size  # start every copy on a cache line
+    offsets, total = [], 0
+    for t in tensors:
+        offsets.append(total)
+        total += -(-t.numel() // align) * align
+    if total * size < HUGE_PAGE:
+        return tensors
+    raw = torch.empty(total + 2 * HUGE_PAGE // size, dtype=dtype)  # fresh pages, untouched
+    start = -(-raw.data_ptr() // HUGE_PAGE) * HUGE_PAGE
+    length = -(-total * size // HUGE_PAGE) * HUGE_PAGE
+    if not _advise_huge_pages(start, length):
+        return tensors
+    buffer = raw[(start - raw.data_ptr()) // size :]
+    return [
+        buffer[offset : offset + t.numel()].view(t.shape).copy_(t)
+        for offset, t in zip(offsets, tensors, strict=True)
+    ]
+
+
+def _advise_huge_pages(address: int, length: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return False
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise(address, length, _MADV_HUGEPAGE) == 0
 
 
 def _onednn_available() -> bool:
@@ -140,19 +208,28 @@ class Linear(nn.Linear):
 
 
 @contextmanager
-def decoding_layout(module: nn.Module, rows: int, memo: Memo | None = None) -> Iterator[None]:
+def decoding_layout(
+    module: nn.Module,
+    rows: int,
+    memo: Memo | None = None,
+    extra: dict[str, Tensor] | None = None,
+) -> Iterator[dict[str, DecodeWeight]]:
     """Within the block, every `Linear` inside `module` on the CPU multiplies its inputs of
     `rows` rows by a decode weight; other devices keep their layout (not measured there).
-    With `memo`, layouts made by an earlier block for the same rows are reused."""
-    layers = [
-        (name, m)
+    With `memo`, layouts made by an earlier block for the same rows are reused. Yields every
+    layout by name, including those of the `extra` weights (made together, see
+    `make_layouts`), for the caller to use."""
+    layers = {
+        name: m
         for name, m in module.named_modules()
         if isinstance(m, Linear) and m.weight.device.type == "cpu"
-    ]
-    for name, layer in layers:
-        layer.decode = memoised(memo, name, layer.weight, rows)
+    }
+    weights = {name: layer.weight for name, layer in layers.items()}
+    made = make_layouts(weights | (extra or {}), rows, memo)
+    for name, layer in layers.items():
+        layer.decode = made[name]
     try:
-        yield
+        yield made
     finally:
-        for _, layer in layers:
+        for layer in layers.values():
             layer.decode = None

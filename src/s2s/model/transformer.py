@@ -22,7 +22,7 @@ from s2s.model.attention import CrossAttention, SelfAttention
 from s2s.model.cache import DecoderCache
 from s2s.model.decode_step import steps_can_skip_modules
 from s2s.model.feedforward import FeedForward
-from s2s.model.linear import DecodeWeight, Memo, decoding_layout, memoised
+from s2s.model.linear import DecodeWeight, Memo, decoding_layout
 from s2s.model.norms import LayerNorm, RMSNorm
 from s2s.model.positions import LearnedPositions, RelativePositionBias
 from s2s.model.stacks import Decoder, Encoder
@@ -144,10 +144,9 @@ class Seq2SeqTransformer(nn.Module):
         (faster token-by-token decoding on CPU; `s2s.model.linear`). The copies are dropped
         at the end, unless a `decoding_session` keeps them. One-position steps also skip
         the decoder's module calls when no hook is registered (`s2s.model.decode_step`)."""
-        memo = self._layout_memo
-        with decoding_layout(self.decoder, rows, memo):
-            if self.head_weight.device.type == "cpu":
-                self.head_decode = memoised(memo, "lm_head", self.head_weight, rows)
+        head = {"lm_head": self.head_weight} if self.head_weight.device.type == "cpu" else {}
+        with decoding_layout(self.decoder, rows, self._layout_memo, extra=head) as made:
+            self.head_decode = made.get("lm_head")
             fast_steps = self.decoder.fast_steps
             self.decoder.fast_steps = steps_can_skip_modules(self.decoder)
             try:
