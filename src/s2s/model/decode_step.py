@@ -7,10 +7,12 @@ operation does little work and Python's per-call cost does not shrink with it:
 `DecoderLayer.forward` makes 16 nn.Module calls (each ~1.5 us through `Module.__call__`'s
 hook checks), builds three lambdas and goes through `_Residual`, `attend`'s dispatch and the
 attention and feed-forward modules. `layer_step` computes exactly the same thing for one new
-position, reading the same parameters and using the same helpers (`_split_heads`, `attend`,
-`_merge_heads`, the norms' and linears' own `forward`), as straight-line code. In-process A/B
-on the generation benchmark's model (d_model 256, 4+4 layers, vocabulary 8192, 1 thread,
-2-core EPYC): 1.06-1.08x faster greedy steps at batch 8, 1.08-1.09x at batch 1, same tokens.
+position, reading the same parameters and calling the same kernels, as one flat function:
+each Python call costs ~0.7 us in a decoding step (its code is cold after the weight
+products), so even helper functions were inlined. In-process A/B on the generation
+benchmark's model (d_model 256, 4+4 layers, vocabulary 8192, 1 thread, 2-core EPYC): greedy
+steps 1.06x faster at batch 8, 1.07-1.10x at batch 1, the same tokens (a first version that
+still called `_split_heads`, `attend`, ... gained 0-3%).
 
 Because it calls `forward` methods directly, module hooks would not run, so the decoder uses
 it only where no hook is registered (`steps_can_skip_modules`), and only inside
