@@ -22,6 +22,9 @@ VARIANTS = {
     "sinusoidal_relu": dict(positions="sinusoidal", gated_ffn=False, activation="relu",
                             norm="layernorm"),
     "math_backend": dict(positions="t5_relative", attention_backend="math"),
+    "no_positions_post_rms": dict(positions="none", norm_position="post"),
+    "narrow_heads": dict(positions="t5_relative", n_heads=3, d_head=6),  # H * Dh != D
+    "bfloat16": dict(positions="rotary", rotary_cross_attention=True, dtype=torch.bfloat16),
 }  # fmt: skip
 
 
@@ -57,9 +60,11 @@ def decode_logits(model, batch, steps: int, fast: bool) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-@pytest.mark.parametrize("rows", [1, 3])  # one row: plain/transposed weights; more: oneDNN
+@pytest.mark.parametrize("rows", [1, 3])  # padded sources from 3 rows on
 def test_fast_steps_equal_the_layer_forward(name, rows):
-    model = tiny_model(seed=3, **VARIANTS[name])
+    variant = dict(VARIANTS[name])
+    dtype = variant.pop("dtype", torch.float32)
+    model = tiny_model(seed=3, **variant).to(dtype)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)  # biases and norm gains away from 0 and 1
@@ -97,3 +102,22 @@ def test_fast_steps_do_not_change_generated_tokens():
     finally:
         stacks.can_step = real_can_step
     assert torch.equal(fast, slow)
+
+
+def test_patched_or_swapped_modules_turn_the_fast_path_off():
+    model = tiny_model(seed=0, positions="t5_relative")
+    ids = padded_batch(src_lengths=(4, 3), tgt_lengths=(1, 1)).input_ids
+    config = GenerationConfig(max_new_tokens=4, min_new_tokens=4)
+    expected = generate(model, ids, config=config)
+    wo = model.decoder.layers[1].ffn.wo
+    calls = []
+    wo.forward = lambda x: (calls.append(1), torch.nn.Linear.forward(wo, x))[1]  # patched
+    assert torch.equal(generate(model, ids, config=config), expected)
+    assert len(calls) == 4  # called at every step
+    del wo.forward
+    plain = torch.nn.Linear(wo.in_features, wo.out_features, bias=False)  # swapped
+    plain.weight = wo.weight
+    model.decoder.layers[1].ffn.wo = plain
+    assert torch.equal(generate(model, ids, config=config), expected)
+    with model.decoding_layout(2):
+        assert not model.decoder.fast_steps

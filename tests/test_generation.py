@@ -193,6 +193,13 @@ def test_generate_restores_training_mode_and_decodes_in_eval_mode():
     out = generate(model, b.input_ids, b.attention_mask, max_new_tokens=4)
     assert model.training and all(m.training for m in model.modules())
     assert torch.equal(out, expected)
+    # mixed modes (the decoder's layers training, the rest in eval) are restored as they were
+    model.eval()
+    model.decoder.layers.train()
+    modes = [m.training for m in model.modules()]
+    out = generate(model, b.input_ids, b.attention_mask, max_new_tokens=4)
+    assert [m.training for m in model.modules()] == modes
+    assert torch.equal(out, expected)
 
 
 def test_repetition_penalty_by_hand():

@@ -73,6 +73,18 @@ def test_fused_rmsnorm_gradients_equal_the_explicit_math():
     torch.testing.assert_close(fused, (x.grad, norm.weight.grad))
 
 
+@pytest.mark.parametrize("d_model", [8, 100, 512])
+def test_rmsnorm_gives_the_bits_of_t5s_formula(d_model):
+    # sum / D as `mean` computes it on CPU: the same float32 bits as T5's (and transformers')
+    # x * rsqrt(x.pow(2).mean(-1) + eps) * weight, which parity with transformers relies on
+    norm = RMSNorm(d_model, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(randn(d_model, seed=1))
+    x = randn(3, 5, d_model) * 3 + 1
+    t5 = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    assert torch.equal(norm(x), t5)
+
+
 @pytest.mark.parametrize("norm_cls", [LayerNorm, RMSNorm])
 def test_norms_without_autograd_equal_the_math(norm_cls):
     # without autograd, float32 LayerNorm takes torch's fused kernel (s2s.model.norms)

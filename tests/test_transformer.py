@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -236,12 +234,14 @@ def test_one_buffer_copies_back_to_back_on_huge_page_boundaries():
     for original, copy in zip(big, placed, strict=True):
         assert torch.equal(copy, original) and copy.is_contiguous()
         assert copy.data_ptr() % 64 == 0  # each on a cache line
-    if sys.platform == "linux":  # one buffer, starting on a 2 MB boundary (madvised there)
-        storage = placed[0].untyped_storage().data_ptr()
-        assert all(t.untyped_storage().data_ptr() == storage for t in placed)
-        assert placed[0].data_ptr() % HUGE_PAGE == 0
-    small = [torch.randn(64, 64)]  # under one huge page: left where it is
-    assert _one_buffer(small)[0] is small[0]
+    # one buffer, starting on a 2 MB boundary (where Linux is advised to use huge pages)
+    storage = placed[0].untyped_storage().data_ptr()
+    assert all(t.untyped_storage().data_ptr() == storage for t in placed)
+    assert placed[0].data_ptr() % HUGE_PAGE == 0
+    small = [torch.randn(64, 64), torch.randn(64, 32).t()]  # under one huge page:
+    kept, copied = _one_buffer(small)
+    assert kept is small[0]  # contiguous already: not copied
+    assert copied.is_contiguous() and torch.equal(copied, small[1])
 
 
 def test_one_row_layouts_share_one_buffer_and_decode_the_same():
@@ -254,9 +254,8 @@ def test_one_row_layouts_share_one_buffer_and_decode_the_same():
             layouts = [m.decode for m in model.decoder.modules() if isinstance(m, Linear)]
             layouts.append(model.head_decode)
             assert {w.kind for w in layouts} == {"transposed", "plain"}
-            if sys.platform == "linux":  # the 4 MB head and the layers' copies together
-                buffers = {w.tensor.untyped_storage().data_ptr() for w in layouts}
-                assert len(buffers) == 1
+            # the 4 MB head and the layers' copies together
+            assert len({w.tensor.untyped_storage().data_ptr() for w in layouts}) == 1
     torch.testing.assert_close(stepped, expected, **TOL)
 
 

@@ -39,7 +39,7 @@ def generate(
     Beam search returns the best hypothesis per input; with num_beams=1 it is greedy search
     (as in `transformers`).
 
-    Runs under `torch.inference_mode`, in eval mode (the model's mode is restored afterwards).
+    Runs under `torch.inference_mode`, in eval mode (each module's mode is restored afterwards).
     """
     config = config or GenerationConfig()
     if max_new_tokens is not None:
@@ -55,8 +55,10 @@ def generate(
         )
     if generator is None and config.strategy == "sample":
         generator = torch.Generator(device=input_ids.device).manual_seed(config.seed)
-    was_training = model.training
-    if was_training:  # (`eval` walks every module: ~1.5 ms a call at d_model 256, 4+4 layers)
+    # eval() and train() would set every module's mode at every call (~1.5 ms at d_model 256,
+    # 4+4 layers): only when some module is training, and each one's own mode is restored
+    training = [m for m in model.modules() if m.training]
+    if training:
         model.eval()
     try:
         # inference_mode skips autograd's version counting (a few % per step); the result is
@@ -70,6 +72,6 @@ def generate(
             else:
                 tokens = token_by_token(model, source, config, generator)
     finally:
-        if was_training:
-            model.train()
+        for module in training:
+            module.training = True
     return tokens.clone()

@@ -14,10 +14,11 @@ benchmark's model (d_model 256, 4+4 layers, vocabulary 8192, 1 thread, 2-core EP
 steps 1.06x faster at batch 8, 1.07-1.10x at batch 1, the same tokens (a first version that
 still called `_split_heads`, `attend`, ... gained 0-3%).
 
-Because it calls `forward` methods directly, module hooks would not run, so the decoder uses
-it only where no hook is registered (`steps_can_skip_modules`), and only inside
-`decoding_layout` (inference, eval mode). tests/test_decode_step.py checks it against
-`DecoderLayer.forward` for every positional scheme, norm placement and feed-forward kind.
+Because it calls `forward` methods directly, module hooks would not run, and a module that a
+user subclassed or patched would be bypassed, so the decoder uses it only where neither is
+the case (`steps_can_skip_modules`, checked when `decoding_layout` starts: inference, eval
+mode). tests/test_decode_step.py checks it against `DecoderLayer.forward` for every
+positional scheme, norm placement and feed-forward kind.
 """
 
 from __future__ import annotations
@@ -40,18 +41,24 @@ if TYPE_CHECKING:
 
 
 def steps_can_skip_modules(decoder: nn.Module) -> bool:
-    """Whether no forward hook (global, or on the decoder or any module inside it) would be
-    skipped by `layer_step`."""
+    """Whether `layer_step` computes what calling the decoder's modules would: every module in
+    it is an s2s class (or torch's ModuleList / Embedding) as shipped, with no forward replaced
+    on an instance, so a swapped or patched module is always called; all in eval mode; and no
+    forward or backward hook registered, globally or on any of them (hooks always run)."""
     global_hooks = (
-        torch_module._global_forward_hooks,
-        torch_module._global_forward_pre_hooks,
-        torch_module._global_backward_hooks,
-        torch_module._global_backward_pre_hooks,
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
     )
-    if any(global_hooks):
+    if any(getattr(torch_module, name, None) for name in global_hooks):
         return False
-    return not any(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+    return all(
+        (type(m).__module__.startswith("s2s.") or type(m) in (nn.ModuleList, nn.Embedding))
+        and "forward" not in m.__dict__
+        and not m.training
+        and not (m._forward_hooks or m._forward_pre_hooks)
+        and not (m._backward_hooks or m._backward_pre_hooks)
         for m in decoder.modules()
     )
 
@@ -122,12 +129,13 @@ def _attend(module: SelfAttention | CrossAttention, q, k, v, mask: AttentionMask
     return attend(q, k, v, mask, scale=module.scale, dropout=0.0, backend=module.backend)
 
 
-def can_step(x: Tensor, cache: LayerCache | None, training: bool) -> bool:
-    """Whether `layer_step` applies: one new position, a cache with cross keys, no autograd."""
+def can_step(x: Tensor, last_cache: LayerCache | None, training: bool) -> bool:
+    """Whether `layer_step` applies: one new position, no autograd, and the cross-attention
+    keys/values cached up to the last layer (`last_cache`)."""
     return (
         not training
-        and cache is not None
-        and cache.cross_k is not None
+        and last_cache is not None
+        and last_cache.cross_k is not None
         and x.shape[1] == 1
         and not torch.is_grad_enabled()
     )

@@ -61,4 +61,4 @@ class FeedForward(nn.Module):
             h = activate(gate, self.activation) * up
         else:
             h = activate(h, self.activation)
-        return self.wo(self.dropout(h) if self.training else h)
+        return self.wo(self.dropout(h))

@@ -56,13 +56,8 @@ class _Residual(nn.Module):
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
         if self.pre_norm:
-            return x + self._dropout(sublayer(self.norm(x)))
-        return self.norm(x + self._dropout(sublayer(x)))
-
-    def _dropout(self, y: Tensor) -> Tensor:
-        # not even a module call in eval mode: decoding runs 3 of these per layer per token,
-        # where per-call overhead is most of a step's time at small sizes
-        return self.dropout(y) if self.training else y
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
 
 
 class EncoderLayer(nn.Module):

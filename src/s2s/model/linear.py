@@ -62,8 +62,9 @@ Memo = dict[str, "DecodeWeight"]  # layer name -> its layout, see `make_layouts`
 
 @dataclass(frozen=True, eq=False)
 class DecodeWeight:
-    """A weight (O, I) laid out for `rows`-row products: "plain" (the parameter itself),
-    "transposed" (I, O) or "onednn" (packed). `source` (the weight's storage, held so that
+    """A weight (O, I) laid out for `rows`-row products: "plain" (the (O, I) weight, the
+    parameter itself or a copy in `make_layouts`' buffer), "transposed" (I, O, contiguous
+    once made by `make_layouts`) or "onednn" (packed). `source` (the weight's storage, held so that
     its address cannot be reused by another tensor) and `version` identify what it was made
     from, so a memoised layout whose weight was replaced or edited in place is remade."""
 
@@ -93,8 +94,10 @@ class DecodeWeight:
         )
 
 
-def decode_weight(weight: Tensor, rows: int) -> DecodeWeight:
-    """The faster layout of `weight` (O, I) for products with `rows` rows (see module doc)."""
+def decode_weight(weight: Tensor, rows: int, *, copy: bool = True) -> DecodeWeight:
+    """The faster layout of `weight` (O, I) for products with `rows` rows (see module doc).
+
+    copy=False leaves the transposed layout a view of the weight, for the caller to copy."""
     weight = weight.detach()
     source = {"rows": rows, "source": weight, "version": weight._version}
     if rows > 1 and weight.numel() >= ONEDNN_MIN_ELEMENTS and _onednn_available():
@@ -106,7 +109,8 @@ def decode_weight(weight: Tensor, rows: int) -> DecodeWeight:
     out_features, in_features = weight.shape
     if rows == 1 and out_features < in_features:
         return DecodeWeight("plain", weight, **source)
-    return DecodeWeight("transposed", weight.t().contiguous(), **source)
+    transposed = weight.t()
+    return DecodeWeight("transposed", transposed.contiguous() if copy else transposed, **source)
 
 
 def make_layouts(
@@ -116,21 +120,22 @@ def make_layouts(
     from the same weight for the same rows (None: made each call), and kept in it.
 
     One layout per name: a call with another row count replaces it, so a memo never holds more
-    than one copy of the weights (generate.py's last, smaller batch remakes them once). The
-    copies made by one call share one buffer that Linux may back with 2 MB pages
+    than one copy of the weights (generate.py's last, smaller batch remakes them once; the
+    stale layouts are dropped before the new ones are made). The transposed and plain layouts
+    made by one call are written into one buffer that Linux may back with 2 MB pages
     (`_one_buffer`).
     """
     made: dict[str, DecodeWeight] = {}
-    fresh = []
-    for name, weight in weights.items():
-        layout = None if memo is None else memo.get(name)
-        if layout is None or not layout.made_from(weight, rows):
-            if memo is not None:
-                memo.pop(name, None)  # free the old copy before making the new one
-            layout = decode_weight(weight, rows)
-            if layout.kind != "onednn":  # (oneDNN's packed weights are opaque tensors)
-                fresh.append(name)
-        made[name] = layout
+    if memo is not None:
+        for name, weight in weights.items():
+            kept = memo.pop(name, None)
+            if kept is not None and kept.made_from(weight, rows):
+                made[name] = kept
+        kept = None  # the last stale one too: all are freed before new ones are made
+    fresh = [name for name in weights if name not in made]
+    for name in fresh:
+        made[name] = decode_weight(weights[name], rows, copy=False)
+    fresh = [name for name in fresh if made[name].kind != "onednn"]  # (packed: opaque tensors)
     placed = _one_buffer([made[name].tensor for name in fresh])
     for name, tensor in zip(fresh, placed, strict=True):
         made[name] = dataclasses.replace(made[name], tensor=tensor)
@@ -144,33 +149,34 @@ _MADV_HUGEPAGE = 14  # Linux's madvise advice number
 
 
 def _one_buffer(tensors: list[Tensor]) -> list[Tensor]:
-    """Copies of `tensors`, back to back in one fresh buffer advised for 2 MB pages.
+    """Contiguous copies of `tensors`, back to back in one buffer that starts on a 2 MB
+    boundary and is advised for huge pages, when they are CPU tensors of one dtype filling at
+    least one huge page; otherwise `t.contiguous()` of each (no copy if already contiguous).
 
     A one-row product reads its weight once, and with 4 KB pages every 4 KB costs a TLB miss:
     512 x 512 float32 products (1 MB) ran 8-10% faster from huge pages on the 2-core EPYC, and
     greedy decoding at batch 1 4-5% faster (d_model 256) and 7-8% (T5-small shapes). Linux
     backs an `madvise(MADV_HUGEPAGE)` region with huge pages when transparent huge pages are
-    "always" or "madvise" (the usual default); elsewhere, or below one huge page of data, the
-    tensors are returned as they are.
+    "always" or "madvise" (the usual default); where the advice is refused or unknown, the
+    buffer is an ordinary one.
     """
-    if not tensors or sys.platform != "linux":
+    if not tensors:
         return tensors
     dtype, device = tensors[0].dtype, tensors[0].device
-    if device.type != "cpu" or any(t.dtype != dtype or t.device != device for t in tensors):
-        return tensors
     size = tensors[0].element_size()
     align = 64 // size  # start every copy on a cache line
     offsets, total = [], 0
     for t in tensors:
         offsets.append(total)
         total += -(-t.numel() // align) * align
-    if total * size < HUGE_PAGE:
-        return tensors
-    raw = torch.empty(total + 2 * HUGE_PAGE // size, dtype=dtype)  # fresh pages, untouched
-    start = -(-raw.data_ptr() // HUGE_PAGE) * HUGE_PAGE
-    length = -(-total * size // HUGE_PAGE) * HUGE_PAGE
-    if not _advise_huge_pages(start, length):
-        return tensors
+    one_kind = all(t.dtype == dtype and t.device == device for t in tensors)
+    if device.type != "cpu" or not one_kind or total * size < HUGE_PAGE:
+        return [t.contiguous() for t in tensors]
+    raw = torch.empty(total + HUGE_PAGE // size, dtype=dtype, device=device)
+    start = -(-raw.data_ptr() // HUGE_PAGE) * HUGE_PAGE  # within the first huge page of raw
+    if sys.platform == "linux":
+        # whole huge pages only, all inside raw; advised before the copies below touch them
+        _advise_huge_pages(start, total * size // HUGE_PAGE * HUGE_PAGE)
     buffer = raw[(start - raw.data_ptr()) // size :]
     return [
         buffer[offset : offset + t.numel()].view(t.shape).copy_(t)

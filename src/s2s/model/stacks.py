@@ -62,7 +62,7 @@ class InputEmbedding(nn.Module):
             )
         if self.norm is not None:
             x = self.norm(x)
-        return self.dropout(x) if self.training else x
+        return self.dropout(x)
 
 
 class _Stack(nn.Module):
@@ -102,8 +102,7 @@ class _Stack(nn.Module):
     def _finish(self, x: Tensor) -> Tensor:
         if self.final_norm is None:
             return x
-        x = self.final_norm(x)
-        return self.final_dropout(x) if self.training else x
+        return self.final_dropout(self.final_norm(x))
 
 
 class Encoder(_Stack):
@@ -175,7 +174,7 @@ class Decoder(_Stack):
         first_use = cache is None or cache.layers[0].cross_k is None
         if self.rotary_cross_attention and first_use:  # cached cross keys are already rotated
             memory_rotary = self._rotary(s, 0, x)
-        fast = self.fast_steps and can_step(x, layer_caches[0], self.training)
+        fast = self.fast_steps and can_step(x, layer_caches[-1], self.training)
         for layer, layer_cache in zip(self.layers, layer_caches, strict=True):
             if fast:
                 x = layer_step(layer, x, self_mask, memory_mask, rotary, layer_cache)
