@@ -8,6 +8,7 @@ from model_fixtures import VOCAB, padded_batch, tiny_model
 
 import s2s.model.stacks as stacks
 from s2s.generation import GenerationConfig, generate
+from s2s.model.feedforward import FeedForward
 
 # every branch of layer_step: positions (bias / rotary / absolute), norm kind and placement,
 # gated or plain feed-forward and its activation, projection biases, unscaled attention,
@@ -119,5 +120,22 @@ def test_patched_or_swapped_modules_turn_the_fast_path_off():
     plain.weight = wo.weight
     model.decoder.layers[1].ffn.wo = plain
     assert torch.equal(generate(model, ids, config=config), expected)
+    with model.decoding_layout(2):
+        assert not model.decoder.fast_steps
+
+
+def test_a_class_level_patch_or_a_training_layer_turns_the_fast_path_off(monkeypatch):
+    model = tiny_model(seed=0, positions="t5_relative")
+    with model.decoding_layout(2):
+        assert model.decoder.fast_steps
+    calls = []
+    real = FeedForward.forward
+    monkeypatch.setattr(FeedForward, "forward", lambda self, x: (calls.append(1), real(self, x))[1])
+    ids = padded_batch(src_lengths=(4, 3), tgt_lengths=(1, 1)).input_ids
+    generate(model, ids, config=GenerationConfig(max_new_tokens=3, min_new_tokens=3))
+    n_encoder, n_decoder = model.config.n_encoder_layers, model.config.n_decoder_layers
+    assert len(calls) == n_encoder + 3 * n_decoder  # every decoder layer at every step
+    monkeypatch.undo()
+    model.decoder.layers.train()
     with model.decoding_layout(2):
         assert not model.decoder.fast_steps

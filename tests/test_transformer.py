@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from model_fixtures import POSITIONS, VOCAB, padded_batch, tiny_config, tiny_model
+from torch.multiprocessing.reductions import StorageWeakRef
 
+import s2s.model.linear as linear
 from s2s.model import DecoderCache, Seq2SeqTransformer, shift_right
 from s2s.model.linear import HUGE_PAGE, ONEDNN_MIN_ELEMENTS, Linear, _one_buffer, decode_weight
 
@@ -242,6 +244,35 @@ def test_one_buffer_copies_back_to_back_on_huge_page_boundaries():
     kept, copied = _one_buffer(small)
     assert kept is small[0]  # contiguous already: not copied
     assert copied.is_contiguous() and torch.equal(copied, small[1])
+
+
+def test_one_buffer_advises_whole_huge_pages_inside_its_allocation(monkeypatch):
+    advised = []
+    monkeypatch.setattr(linear, "_advise_huge_pages", lambda a, n: advised.append((a, n)))
+    for numels in [(700_000,), (524_289, 3), (1_000_003, 17, 262_144)]:
+        placed = _one_buffer([torch.randn(n) for n in numels])
+        storage = placed[0].untyped_storage()
+        begin, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+        address, length = advised.pop()
+        assert address % HUGE_PAGE == 0 and length % HUGE_PAGE == 0 and length > 0
+        assert begin <= address and address + length <= end
+        assert placed[-1].data_ptr() + placed[-1].nbytes <= end
+
+
+def test_layouts_for_other_rows_free_the_old_buffer():
+    model = tiny_model(d_model=256, d_ff=512, vocab_size=4096, tie_embeddings=False)
+    with model.decoding_session():
+        with model.decoding_layout(rows=1):
+            old = StorageWeakRef(model.head_decode.tensor.untyped_storage())
+        with model.decoding_layout(rows=1):  # kept
+            assert not old.expired()
+        with torch.no_grad():  # an edit to one weight remakes every layout of the buffer
+            model.decoder.layers[0].ffn.wo.weight.mul_(1.0)
+        with model.decoding_layout(rows=1):
+            assert old.expired()
+            old = StorageWeakRef(model.head_decode.tensor.untyped_storage())
+        with model.decoding_layout(rows=3):  # other rows: the one-row buffer is gone
+            assert old.expired()
 
 
 def test_one_row_layouts_share_one_buffer_and_decode_the_same():

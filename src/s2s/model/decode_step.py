@@ -23,8 +23,6 @@ positional scheme, norm placement and feed-forward kind.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,19 +30,30 @@ from torch.nn.modules import module as torch_module
 
 from s2s.model.attention import AttentionMask, CrossAttention, SelfAttention, attend
 from s2s.model.cache import LayerCache
-from s2s.model.feedforward import activate
+from s2s.model.dropout import Dropout
+from s2s.model.feedforward import FeedForward, activate
+from s2s.model.layers import DecoderLayer, _Residual
 from s2s.model.linear import Linear
+from s2s.model.norms import LayerNorm, RMSNorm
 from s2s.model.positions import RotaryAngles
 
-if TYPE_CHECKING:
-    from s2s.model.layers import DecoderLayer
+# the forward of every class whose calls `layer_step` inlines, as this module first saw it
+_SHIPPED = {
+    cls: cls.forward
+    for cls in (
+        DecoderLayer, _Residual, SelfAttention, CrossAttention, FeedForward, Linear, LayerNorm,
+        RMSNorm, Dropout,
+    )
+}  # fmt: skip
 
 
 def steps_can_skip_modules(decoder: nn.Module) -> bool:
     """Whether `layer_step` computes what calling the decoder's modules would: every module in
-    it is an s2s class (or torch's ModuleList / Embedding) as shipped, with no forward replaced
-    on an instance, so a swapped or patched module is always called; all in eval mode; and no
-    forward or backward hook registered, globally or on any of them (hooks always run)."""
+    it is an s2s class (or torch's ModuleList / Embedding) whose `forward` is the one shipped
+    (not replaced on the instance or on the class: a patched, subclassed or swapped module is
+    always called); all in eval mode; and no forward or backward hook registered, globally or
+    on any of them (hooks always run). Module-level functions (`attend`, `activate`) patched
+    by a user are not detected."""
     global_hooks = (
         "_global_forward_hooks",
         "_global_forward_pre_hooks",
@@ -55,6 +64,7 @@ def steps_can_skip_modules(decoder: nn.Module) -> bool:
         return False
     return all(
         (type(m).__module__.startswith("s2s.") or type(m) in (nn.ModuleList, nn.Embedding))
+        and type(m).forward is _SHIPPED.get(type(m), type(m).forward)
         and "forward" not in m.__dict__
         and not m.training
         and not (m._forward_hooks or m._forward_pre_hooks)

@@ -121,17 +121,21 @@ def make_layouts(
 
     One layout per name: a call with another row count replaces it, so a memo never holds more
     than one copy of the weights (generate.py's last, smaller batch remakes them once; the
-    stale layouts are dropped before the new ones are made). The transposed and plain layouts
-    made by one call are written into one buffer that Linux may back with 2 MB pages
-    (`_one_buffer`).
+    stale layouts are dropped before the new ones are made, and names not asked for are
+    forgotten). The transposed and plain layouts made by one call are written into one buffer
+    that Linux may back with 2 MB pages (`_one_buffer`), so when one of them must be remade,
+    all of them are.
     """
     made: dict[str, DecodeWeight] = {}
     if memo is not None:
         for name, weight in weights.items():
-            kept = memo.pop(name, None)
+            kept = memo.get(name)
             if kept is not None and kept.made_from(weight, rows):
                 made[name] = kept
-        kept = None  # the last stale one too: all are freed before new ones are made
+        if len(made) < len(weights):  # one buffer: remake all of its layouts together
+            made = {name: w for name, w in made.items() if w.kind == "onednn"}
+        memo.clear()  # stale layouts are freed before new ones are made
+        kept = None
     fresh = [name for name in weights if name not in made]
     for name in fresh:
         made[name] = decode_weight(weights[name], rows, copy=False)

@@ -135,7 +135,7 @@ class Decoder(_Stack):
         self.rotary_cross_attention = config.uses_rotary_cross_attention
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
         # set by `Seq2SeqTransformer.decoding_layout`: one-position steps may take
-        # `s2s.model.decode_step.layer_step` (no module calls, so only when no hooks exist)
+        # `s2s.model.decode_step.layer_step` (see `steps_can_skip_modules` for when)
         self.fast_steps = False
 
     def forward(
@@ -171,7 +171,8 @@ class Decoder(_Stack):
         )
         layer_caches = cache.layers if cache is not None else [None] * len(self.layers)
         memory_rotary = None
-        first_use = cache is None or cache.layers[0].cross_k is None
+        first_use = cache is None or cache.layers[-1].cross_k is None  # (last: a retry of an
+        # interrupted first call must rotate the keys it computes)
         if self.rotary_cross_attention and first_use:  # cached cross keys are already rotated
             memory_rotary = self._rotary(s, 0, x)
         fast = self.fast_steps and can_step(x, layer_caches[-1], self.training)

@@ -143,13 +143,14 @@ class Seq2SeqTransformer(nn.Module):
         batch x beams) by copies of their weights laid out for that, when autograd is off
         (faster token-by-token decoding on CPU; `s2s.model.linear`). The copies are dropped
         at the end, unless a `decoding_session` keeps them. One-position steps also skip
-        the decoder's module calls when no hook is registered (`s2s.model.decode_step`)."""
+        the decoder's module calls where that cannot change what runs: no hook, no patched
+        or replaced module, eval mode (`s2s.model.decode_step`)."""
         head = {"lm_head": self.head_weight} if self.head_weight.device.type == "cpu" else {}
         with decoding_layout(self.decoder, rows, self._layout_memo, extra=head) as made:
-            self.head_decode = made.get("lm_head")
             fast_steps = self.decoder.fast_steps
-            self.decoder.fast_steps = steps_can_skip_modules(self.decoder)
             try:
+                self.head_decode = made.get("lm_head")
+                self.decoder.fast_steps = steps_can_skip_modules(self.decoder)
                 yield
             finally:
                 self.head_decode = None
