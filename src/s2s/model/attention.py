@@ -156,8 +156,6 @@ def sdpa_is_fused(q: Tensor, mask: AttentionMask, dropout: float) -> bool:
 def _split_heads(x: Tensor, n_parts: int, n_heads: int) -> list[Tensor]:
     """(B, L, n_parts * H * Dh) -> n_parts tensors of shape (B, H, L, Dh), as views."""
     b, length, _ = x.shape
-    if length == 1:  # decoding: the L = 1 axis can sit anywhere, one view op fewer
-        return list(x.view(b, n_parts, n_heads, 1, -1).unbind(1))
     x = x.view(b, length, n_parts, n_heads, -1)  # (B, L, n_parts, H, Dh)
     x = x.permute(2, 0, 3, 1, 4)  # (n_parts, B, H, L, Dh)
     return list(x.unbind(0))
@@ -166,8 +164,6 @@ def _split_heads(x: Tensor, n_parts: int, n_heads: int) -> list[Tensor]:
 def _merge_heads(x: Tensor) -> Tensor:
     """(B, H, T, Dh) -> (B, T, H * Dh)."""
     b, h, t, dh = x.shape
-    if t == 1:  # decoding: no transpose needed (a view when x is contiguous)
-        return x.reshape(b, 1, h * dh)
     return x.transpose(1, 2).reshape(b, t, h * dh)  # (B, T, H * Dh)
 
 
