@@ -104,6 +104,9 @@ def test_pretraining_run_writes_checkpoints_and_logs(tiny_data, tmp_path):
     metrics = result["metrics"]
     for key in ("val/loss", "val/ppl", "val/token_acc", "train/loss", "train/lr"):
         assert key in metrics, key
+    # Text validation data: the masked-line probe ran (s2s.evaluation)
+    for key in ("val/copy_rate", "val/fill_rate", "val/chrf"):
+        assert 0 <= metrics[key] <= (100 if key == "val/chrf" else 1), key
     assert Path(result["last_checkpoint"]).name == "last.ckpt"
     assert Path(result["best_checkpoint"]).name.startswith("best-step")
     header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]

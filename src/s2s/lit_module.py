@@ -5,7 +5,8 @@ and its schedule, validation samples and, for pair data, BLEU / chrF. The model 
 this module knows nothing of how it is built, and the model knows nothing of the loop.
 
 Logged keys: train/loss, train/lr, train/tokens_per_sec, train/padding_fraction, val/loss,
-val/ppl, val/token_acc, and (pairs) val/bleu, val/chrf.
+val/ppl, val/token_acc, and (pairs) val/bleu, val/chrf, or (Text data, given masked lines)
+val/copy_rate, val/fill_rate, val/chrf of the denoising probe (`s2s.evaluation`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from s2s.checkpoint import S2S_KEY, metadata
 from s2s.data.examples import IGNORE_INDEX
+from s2s.evaluation.masked_lines import MaskedLine
 from s2s.model import Seq2SeqTransformer
 from s2s.tokenizer import Tokenizer
 
@@ -41,9 +43,10 @@ class EvalConfig:
     generation_examples: int = 64  # validation examples decoded for BLEU / chrF (pairs only)
     max_new_tokens: int = 64
     label_smoothing: float = 0.0
+    denoise_lines: int = 64  # masked validation lines for val/copy_rate etc. (Text data only)
 
     def __post_init__(self) -> None:
-        for name in ("num_samples", "generation_examples"):
+        for name in ("num_samples", "generation_examples", "denoise_lines"):
             if getattr(self, name) < 0:
                 raise ValueError(f"eval.{name}={getattr(self, name)} must be >= 0")
         if self.max_new_tokens < 1:
@@ -61,6 +64,7 @@ class Seq2SeqLitModule(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         eval_config: EvalConfig | None = None,
         pairs: bool = False,
+        denoise_lines: Sequence[MaskedLine] = (),
     ) -> None:
         super().__init__()
         self.model = model
@@ -69,6 +73,7 @@ class Seq2SeqLitModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.eval_config = eval_config or EvalConfig()
         self.pairs = pairs  # validation data are input -> target pairs: compute BLEU / chrF
+        self.denoise_lines = list(denoise_lines)  # the masked-line probe of Text validation data
         self._forward = model
         if model.config.compile:
             # Compiled separately so checkpoints keep plain `model.*` keys.
@@ -158,6 +163,31 @@ class Seq2SeqLitModule(L.LightningModule):
             self.log("val/bleu", bleu, rank_zero_only=True)
             self.log("val/chrf", chrf, rank_zero_only=True)
         self._write_samples(outputs)
+        if self.denoise_lines and self.trainer.is_global_zero:
+            self._denoise_probe()
+
+    def _denoise_probe(self) -> None:
+        """val/copy_rate, val/fill_rate, val/chrf on the masked lines; a few as text."""
+        from s2s.evaluation.denoise import evaluate_denoising
+
+        scores, outputs = evaluate_denoising(self.model, self.tokenizer, self.denoise_lines)
+        self.log("val/copy_rate", scores.copy_rate, rank_zero_only=True)
+        self.log("val/fill_rate", scores.fill_rate, rank_zero_only=True)
+        self.log("val/chrf", scores.chrf, rank_zero_only=True)
+        log.info(
+            "step %d: masked lines: copy %.1f%%, fill %.1f%%, chrF %.1f",
+            self.global_step,
+            100 * scores.copy_rate,
+            100 * scores.fill_rate,
+            scores.chrf,
+        )
+        experiment = getattr(self.logger, "experiment", None)
+        n = self.eval_config.num_samples
+        if n and experiment is not None and hasattr(experiment, "add_text"):
+            rows = ["| masked | output | original |", "|---|---|---|"]
+            for line, output in zip(self.denoise_lines[:n], outputs[:n], strict=False):
+                rows.append(f"| {_cell(line.masked)} | {_cell(output)} | {_cell(line.text)} |")
+            experiment.add_text("val/masked_lines", "\n".join(rows), self.global_step)
 
     @torch.no_grad()
     def _decode_examples(self, batches: list[dict[str, Tensor]]) -> dict[str, list[str]]:

@@ -28,6 +28,8 @@ from s2s.checkpoint_io import AtomicCheckpointIO
 from s2s.config import ModelConfig
 from s2s.data.config import DataConfig, build_dataclass
 from s2s.data.datamodule import S2SDataModule
+from s2s.data.records import read_records
+from s2s.evaluation.masked_lines import MaskedLine, make_masked_lines
 from s2s.lit_module import EvalConfig, Seq2SeqLitModule
 from s2s.model import Seq2SeqTransformer
 from s2s.paths import project_root  # noqa: F401  (registers ${s2s_root:})
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 # Fields that may differ between a pre-trained checkpoint and the fine-tuning config.
 NON_ARCHITECTURE = {"dropout", "attention_dropout", "activation_dropout", "compile"}
 NON_ARCHITECTURE |= {"attention_backend", "init_std"}
+# The masked validation lines depend on this, not on cfg.seed: every run scores the same lines.
+DENOISE_SEED = 0
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -76,6 +80,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         scheduler=scheduler,
         eval_config=eval_config,
         pairs=datamodule.kinds.get("val") == "pairs",
+        denoise_lines=denoise_lines_for(data_config, datamodule, eval_config),
     )
     trainer = make_trainer(cfg, datamodule)
     _save_run_files(output_dir, cfg, model_config, tokenizer, trainer)
@@ -92,6 +97,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         _report(result, trainer)
     return result
+
+
+def denoise_lines_for(
+    data: DataConfig, datamodule: S2SDataModule, eval_config: EvalConfig
+) -> list[MaskedLine]:
+    """The masked-line probe of Text validation data (none for pairs or without val data)."""
+    if datamodule.kinds.get("val") != "text" or not eval_config.denoise_lines:
+        return []
+    texts = read_records(Path(data.val_path)).inputs
+    return make_masked_lines(texts, eval_config.denoise_lines, seed=DENOISE_SEED)
 
 
 def model_config_for(cfg: DictConfig, tokenizer: Tokenizer) -> ModelConfig:
@@ -208,7 +223,8 @@ def _report(result: dict[str, Any], trainer: L.Trainer) -> None:
             lines.append(f"{key.replace('_', ' '):16} {result[key]}")
     if trainer.loggers:
         lines.append(f"tensorboard:     tensorboard --logdir {result['output_dir']}")
-    shown = ("val/loss", "val/ppl", "val/token_acc", "val/bleu", "val/chrf", "train/loss")
+    shown = ("val/loss", "val/ppl", "val/token_acc", "val/bleu", "val/chrf")
+    shown += ("val/copy_rate", "val/fill_rate", "train/loss")
     summary = ", ".join(f"{k}={metrics[k]:.4g}" for k in shown if k in metrics)
     if summary:
         lines.append(f"final metrics:   {summary}")
