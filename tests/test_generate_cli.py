@@ -84,7 +84,7 @@ def cli(files) -> dict[str, subprocess.CompletedProcess]:
         started[name] = (process, args, stdin)
     done = {}
     for name, (process, args, stdin) in started.items():
-        out, err = process.communicate(stdin, timeout=180)
+        out, err = process.communicate(stdin, timeout=600)
         done[name] = subprocess.CompletedProcess(args, process.returncode, out, err)
     return done
 
@@ -143,7 +143,8 @@ def test_file_mode_writes_jsonl_and_scores_targets(files, expected, tmp_path, ca
 
     text = tmp_path / "prompts.txt"
     text.write_text("\n".join(PROMPTS) + "\n\n", encoding="utf-8")
-    run(config(f"ckpt={files}/tiny.ckpt", f"input_file={text}", f"output_file={out}", *MAX_NEW))
+    again = [f"input_file={text}", f"output_file={out}", "overwrite=true", *MAX_NEW]
+    run(config(f"ckpt={files}/tiny.ckpt", *again))
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert written == [{"input": p, "output": expected[p]} for p in PROMPTS]
     assert "BLEU" not in capsys.readouterr().out

@@ -8,12 +8,17 @@
     model, tokenizer = load_pretrained("last.ckpt")      # a training checkpoint
 
 Loading a bundle never runs pickle; loading a `.ckpt` goes through
-`s2s.checkpoint.read_checkpoint` (`torch.load(..., weights_only=True)`).
-Tied weights (one embedding shared by the encoder, decoder and LM head) are stored once.
+`s2s.checkpoint.read_checkpoint` (`torch.load(..., weights_only=True)`). `read_pretrained` is the
+one reader of weights for every path that loads them (generate, export, init_from): local files
+only, the config checked for size and against the tokenizer before anything is built.
+Tied weights (one embedding shared by the encoder, decoder and LM head) are stored once. The
+weights file records the digest of the tokenizer it was saved with; a bundle whose
+tokenizer.json was swapped for another loads with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -22,11 +27,18 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from s2s.checkpoint import CheckpointError, read_checkpoint
+from s2s.checkpoint import (
+    CheckpointError,
+    LoadedCheckpoint,
+    check_loadable,
+    read_checkpoint,
+    refuse_url,
+)
 from s2s.config import ModelConfig
+from s2s.files import new_file_mode
 from s2s.model.transformer import Seq2SeqTransformer
 from s2s.tokenizer import Tokenizer, TokenizerError
 
@@ -34,6 +46,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 BUNDLE_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
+TOKENIZER_DIGEST = "s2s_tokenizer_sha256"  # safetensors metadata key
+log = logging.getLogger(__name__)
 
 
 class BundleError(CheckpointError):
@@ -47,17 +61,28 @@ class Pretrained(NamedTuple):
 
 def load_pretrained(path: str | os.PathLike) -> Pretrained:
     """Model (eval mode) and tokenizer from a bundle directory or an s2s `.ckpt` file."""
+    loaded = read_pretrained(path)
+    model = Seq2SeqTransformer(loaded.config)
+    load_weights(model, loaded.state_dict, loaded.source)
+    return Pretrained(model.eval(), loaded.tokenizer)
+
+
+def read_pretrained(path: str | os.PathLike, key: str = "checkpoint") -> LoadedCheckpoint:
+    """Weights, config and tokenizer of a bundle directory or an s2s `.ckpt` (not yet a model).
+
+    `key` names the setting the path came from (`ckpt`, `init_from`) in error messages.
+    """
+    refuse_url(path, key)
     path = Path(path)
     if path.is_dir():
-        return load_bundle(path)
+        return read_bundle(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or bundle directory")
-    loaded = read_checkpoint(path)
-    model = _build(loaded.config, loaded.state_dict, str(path))
-    return Pretrained(model, loaded.tokenizer)
+    return read_checkpoint(path, key)
 
 
-def load_bundle(directory: str | os.PathLike) -> Pretrained:
+def read_bundle(directory: str | os.PathLike) -> LoadedCheckpoint:
+    """A bundle's parts, checked in the order that allocates least: config, tokenizer, weights."""
     directory = Path(directory)
     missing = [name for name in BUNDLE_FILES if not (directory / name).is_file()]
     if missing:
@@ -73,11 +98,21 @@ def load_bundle(directory: str | os.PathLike) -> Pretrained:
         tokenizer = Tokenizer.load(directory / TOKENIZER_FILE)
     except TokenizerError as err:
         raise BundleError(str(err)) from None
+    check_loadable(config, tokenizer, str(directory / CONFIG_FILE))
+    weights = directory / WEIGHTS_FILE
     try:
-        state = load_file(directory / WEIGHTS_FILE)
+        state = load_file(weights)
+        with safe_open(weights, "pt") as handle:
+            stored_digest = (handle.metadata() or {}).get(TOKENIZER_DIGEST)
     except (SafetensorError, OSError, ValueError) as err:
-        raise BundleError(f"{directory / WEIGHTS_FILE}: not readable weights ({err})") from None
-    return Pretrained(_build(config, state, str(directory / WEIGHTS_FILE)), tokenizer)
+        raise BundleError(f"{weights}: not readable weights ({err})") from None
+    if stored_digest is not None and stored_digest != tokenizer.digest():
+        log.warning(
+            "warning: %s is not the tokenizer %s was saved with: outputs may be gibberish",
+            directory / TOKENIZER_FILE,
+            weights,
+        )
+    return LoadedCheckpoint(state, config, tokenizer, {}, str(weights))
 
 
 def save_bundle(
@@ -87,7 +122,8 @@ def save_bundle(
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_FILE).write_text(model.config.to_json() + "\n", encoding="utf-8")
-        save_file(unique_tensors(model.state_dict()), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        metadata = {"format": "pt", TOKENIZER_DIGEST: tokenizer.digest()}
+        save_file(unique_tensors(model.state_dict()), tmp / WEIGHTS_FILE, metadata=metadata)
         tokenizer.save(tmp / TOKENIZER_FILE)
 
     return publish(directory, write)
@@ -95,7 +131,8 @@ def save_bundle(
 
 def unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state dict with each shared tensor kept under its first name only (safetensors
-    refuses aliases); `_build` restores the others through the model's own tying."""
+    refuses aliases); `load_weights` accepts their absence, the model's own tying restores
+    them."""
     seen: set[tuple[int, int, tuple[int, ...]]] = set()
     unique = {}
     for name, tensor in state.items():
@@ -110,7 +147,8 @@ def unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def publish(directory: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Run `write(tmp)` on a fresh temporary directory next to `directory`, then move each
     file it made into `directory` with an atomic rename. A failure leaves `directory` as it
-    was; a crash can at worst leave a hidden `.name.tmp*` folder beside it."""
+    was; a crash can at worst leave a hidden `.name.tmp*` folder beside it. The files get the
+    mode a newly created file gets (0644 under the usual umask), not the temporary 0600."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise BundleError(f"{directory}: exists and is not a directory")
@@ -119,16 +157,19 @@ def publish(directory: str | os.PathLike, write: Callable[[Path], None]) -> Path
     try:
         write(tmp)
         directory.mkdir(exist_ok=True)
+        mode = new_file_mode()
         for item in sorted(tmp.iterdir()):
+            if item.is_file():
+                item.chmod(mode)
             os.replace(item, directory / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 
-def _build(config: ModelConfig, state: dict[str, torch.Tensor], where: str) -> Seq2SeqTransformer:
-    """A model of `config` holding `state`; aliases of tied tensors may be absent."""
-    model = Seq2SeqTransformer(config)
+def load_weights(model: Seq2SeqTransformer, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load `state` into `model`, strictly: a missing, unexpected or wrongly shaped tensor is a
+    `CheckpointError` naming `where`; only aliases of tied tensors may be absent."""
     aliases = _alias_names(model)
     try:
         result = model.load_state_dict(state, strict=False)
@@ -146,7 +187,6 @@ def _build(config: ModelConfig, state: dict[str, torch.Tensor], where: str) -> S
         raise CheckpointError(
             f"{where}: weights do not match the model config: " + "; ".join(problems)
         )
-    return model.eval()
 
 
 def _alias_names(model: Seq2SeqTransformer) -> set[str]:

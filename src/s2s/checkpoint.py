@@ -7,12 +7,14 @@ A Lightning `.ckpt` written by `s2s.pipeline.train` is a dict with (among Lightn
 
 so one file is enough to rebuild the model and its tokenizer. Everything in it is plain data
 (dicts, lists, strings, numbers, tensors): `torch.load(..., weights_only=True)` reads it, and a
-file that needs unpickling of arbitrary objects is refused.
+file that needs unpickling of arbitrary objects is refused. Only local files are read (never a
+URL), and the stored config is checked (`check_loadable`) before any model is built from it.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +23,13 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 
-from s2s.config import ModelConfig
+from s2s.config import ModelConfig, check_size
 from s2s.tokenizer import Tokenizer
 
 S2S_KEY = "s2s"
 FORMAT = 1
 MODEL_PREFIX = "model."
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class CheckpointError(ValueError):
@@ -47,11 +50,43 @@ class LoadedCheckpoint:
     state_dict: dict[str, torch.Tensor]  # model weights, "model." prefix removed
     config: ModelConfig
     tokenizer: Tokenizer
-    raw: dict[str, Any]  # the whole checkpoint (optimizer state, loops, ...)
+    raw: dict[str, Any]  # the whole checkpoint (optimizer state, loops, ...); {} for a bundle
+    source: str = ""  # the file the weights came from, for error messages
 
 
-def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Read an s2s `.ckpt` with `weights_only=True`; clear `CheckpointError` on any problem."""
+def is_url(path: str | Path) -> bool:
+    """Whether `path` names a remote location (`http://...`, `s3://...`), not a local file."""
+    return bool(_URL.match(str(path)))
+
+
+def refuse_url(path: str | Path, key: str) -> None:
+    """CheckpointError for a URL: s2s reads weights from local files only."""
+    if is_url(path):
+        raise CheckpointError(
+            f"{key}={path}: only local files are read (download the file first, and check "
+            "where it came from)"
+        )
+
+
+def check_loadable(config: ModelConfig, tokenizer: Tokenizer, source: str) -> None:
+    """Refuse a stored config too large to build, or a tokenizer with ids the model lacks."""
+    try:
+        check_size(config, source)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    if tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(
+            f"{source}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+            f"vocabulary only {config.vocab_size} (model vocab_size): they do not belong together"
+        )
+
+
+def read_checkpoint(path: str | Path, key: str = "checkpoint") -> LoadedCheckpoint:
+    """Read a local s2s `.ckpt` with `weights_only=True`; clear `CheckpointError` on any problem.
+
+    `key` names the setting the path came from (`init_from`, `ckpt_path`) in the URL error.
+    """
+    refuse_url(path, key)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -78,9 +113,10 @@ def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
         tokenizer = Tokenizer(HFTokenizer.from_str(meta["tokenizer"]))
     except Exception as err:  # KeyError, a bad value, or the tokenizers library refusing
         raise CheckpointError(f"{path}: damaged s2s metadata ({err})") from None
+    check_loadable(config, tokenizer, str(path))
     state = {
         key[len(MODEL_PREFIX) :]: value
         for key, value in raw["state_dict"].items()
         if key.startswith(MODEL_PREFIX)
     }
-    return LoadedCheckpoint(state, config, tokenizer, raw)
+    return LoadedCheckpoint(state, config, tokenizer, raw, str(path))

@@ -1,19 +1,28 @@
-"""Checkpoint files that are either complete or absent, never half-written.
+"""Checkpoint files that are either complete or absent, never half-written, and read safely.
 
 Lightning's default writer moves a temporary file from the system temp directory into place,
 which is a copy (not an atomic rename) when that directory is on another filesystem. This one
 writes `NAME.tmp-<pid>` beside the target, flushes it to disk, then `os.replace`s it: a run
-killed at any moment (even SIGKILL) leaves the previous checkpoint intact.
+killed at any moment (even SIGKILL) leaves the previous checkpoint intact. Temporaries of
+processes that are gone are removed (`s2s.files.remove_stale_tmp_files`).
+
+Reading (what `trainer.fit(ckpt_path=...)` calls) accepts local files only and always uses
+`torch.load(..., weights_only=True)`: an s2s checkpoint holds only plain data and tensors, and
+a file that needs more is refused instead of being unpickled.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from s2s.checkpoint import read_checkpoint
+from s2s.files import remove_stale_tmp_files
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -24,8 +33,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f"{path.name}.tmp-*"):  # left by a killed run
-            stale.unlink(missing_ok=True)
+        remove_stale_tmp_files(path.parent)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         try:
             with tmp.open("wb") as handle:
@@ -35,3 +43,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(
+        self,
+        path: str | Path,
+        map_location: Callable | None = None,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """The whole checkpoint, read by `s2s.checkpoint.read_checkpoint` (local, weights only,
+        s2s metadata checked); `weights_only=False` is refused, never honoured."""
+        if weights_only is False:
+            raise ValueError(f"{path}: s2s reads checkpoints with weights_only=True only")
+        return read_checkpoint(path, "ckpt_path").raw

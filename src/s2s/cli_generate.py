@@ -1,8 +1,9 @@
 """What `python generate.py` does: one prompt, an interactive session, or a whole file.
 
 `main(cfg)` turns every expected failure (missing or unsafe checkpoint, incomplete bundle,
-bad dataset file, invalid knob, empty prompt) into one `error: ...` line on stderr and exit
-status 1; `run(cfg)` is the same without that wrapper, for tests.
+bad dataset file, invalid knob, empty prompt, no CUDA) into one `error: ...` line on stderr and
+exit status 1 (`s2s.cli`); `run(cfg)` is the same without that wrapper, for tests. An existing
+output_file is replaced only with overwrite=true, and never when it is the input_file.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import TextIO
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
+from s2s.cli import cli_status
 from s2s.generation.config import GenerationConfig
 from s2s.generation.text import TextGenerator
 
@@ -34,17 +35,8 @@ class Prompts:
 
 
 def main(cfg: DictConfig) -> int:
-    """Run and map expected errors to a one-line message; returns the exit status."""
-    try:
-        run(cfg)
-    except (ValueError, OSError, OmegaConfBaseException) as err:
-        message = " ".join(str(err).split())
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
-    return 0
+    """`run` behind the entry points' error boundary (`s2s.cli`); returns the exit status."""
+    return cli_status(run, cfg)
 
 
 def quote_free_text(argv: Sequence[str]) -> list[str]:
@@ -80,7 +72,10 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
         raise ValueError("input_file= needs output_file= (where the JSON Lines go)")
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size={cfg.batch_size} must be >= 1")
+    check_device(str(cfg.device))
     prompts = read_prompts(Path(cfg.input_file)) if cfg.input_file is not None else None
+    if prompts is not None:
+        check_output_file(Path(cfg.input_file), Path(cfg.output_file), bool(cfg.overwrite))
 
     from s2s.bundle import load_pretrained  # torch and the model: after the cheap checks
 
@@ -103,13 +98,34 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
             interactive(generator, stdin, stdout)
 
 
+def check_device(device: str) -> None:
+    """A CUDA device must exist before the model is loaded onto it."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device} but CUDA is not available on this machine "
+            "(torch.cuda.is_available() is False): use device=cpu"
+        )
+
+
+def check_output_file(input_file: Path, output_file: Path, overwrite: bool) -> None:
+    """Never write over the input; replace an existing output only when asked to."""
+    if output_file.exists() and output_file.resolve() == input_file.resolve():
+        raise ValueError(f"output_file={output_file} is the input_file: write somewhere else")
+    if output_file.exists() and not overwrite:
+        raise ValueError(
+            f"output_file={output_file} exists: choose another name or add overwrite=true"
+        )
+
+
 def read_prompts(path: Path) -> Prompts:
     """A dataset file in either record format, or plain text with one prompt a line."""
-    from s2s.data.records import RecordError, read_records
+    from s2s.data.records import RecordError, decode_utf8, read_bytes, read_records
 
-    if not path.is_file():
-        raise RecordError(path, "file not found")
-    text = path.read_text(encoding="utf-8-sig")
+    text = decode_utf8(path, read_bytes(path))
     if text.lstrip()[:1] in ("[", "{"):
         records = read_records(path)
         return Prompts(list(records.inputs), records.targets)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,15 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 ATTENTION_BACKENDS = ("sdpa", "math")
+# Configs read from files (checkpoints, bundles) are checked against these before a model is
+# built: a hostile or damaged file must not make the loader allocate all memory or hang.
+# The limit is the smaller of MAX_PARAMETERS and what this machine's memory holds twice over in
+# float32 (the model and the loaded weights exist together while loading); S2S_MAX_PARAMETERS
+# replaces both.
+MAX_PARAMETERS = 20_000_000_000  # 80 GB of float32 weights
+BYTES_PER_PARAMETER = 8  # float32, twice
+MAX_PARAMETERS_ENV = "S2S_MAX_PARAMETERS"  # an integer that replaces the limit
+MAX_LAYERS = 1024  # per stack; a deeper stack is a damaged file, not a model
 
 
 @dataclass(frozen=True)
@@ -195,6 +205,58 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         return cls.from_dict(json.loads(text))
+
+
+def estimated_parameters(config: ModelConfig) -> int:
+    """Parameters of `Seq2SeqTransformer(config)`, counted from the sizes (norms left out)."""
+    d, inner = config.d_model, config.inner_dim
+    attention = 4 * d * inner + (4 * inner + d if config.attention_bias else 0)
+    branches = 3 if config.gated_ffn else 2
+    ffn = branches * d * config.d_ff + ((branches - 1) * config.d_ff + d if config.ffn_bias else 0)
+    layers = config.n_encoder_layers * (attention + ffn)
+    layers += config.n_decoder_layers * (2 * attention + ffn)
+    embeddings = config.vocab_size * d * (1 if config.tie_embeddings else 2)
+    positions = 0
+    if config.positions == "learned":
+        positions = 2 * config.max_positions * d
+    elif config.positions == "t5_relative":
+        positions = 2 * config.relative_num_buckets * config.n_heads
+    return layers + embeddings + positions
+
+
+def check_size(config: ModelConfig, source: str) -> None:
+    """Refuse, before anything is allocated, a config read from `source` that describes a
+    model too large to build: more than `parameter_limit()` parameters (the environment
+    variable S2S_MAX_PARAMETERS replaces that limit) or more than MAX_LAYERS layers a stack."""
+    for name in ("n_encoder_layers", "n_decoder_layers"):
+        value = getattr(config, name)
+        _require(value <= MAX_LAYERS, f"{source}: {name}={value} is over the limit {MAX_LAYERS}")
+    limit = parameter_limit()
+    count = estimated_parameters(config)
+    _require(
+        count <= limit,
+        f"{source}: the model config describes about {count:.3g} parameters, over the limit "
+        f"of {limit:.3g} (set {MAX_PARAMETERS_ENV}=N to allow larger models)",
+    )
+
+
+def parameter_limit() -> int:
+    """The most parameters a config read from a file may describe (see MAX_PARAMETERS)."""
+    value = os.environ.get(MAX_PARAMETERS_ENV)
+    if value is None:
+        return min(MAX_PARAMETERS, physical_memory() // BYTES_PER_PARAMETER)
+    try:
+        return int(float(value))
+    except ValueError:
+        raise ValueError(f"{MAX_PARAMETERS_ENV}={value!r} must be a number") from None
+
+
+def physical_memory() -> int:
+    """Bytes of RAM of this machine (MAX_PARAMETERS * BYTES_PER_PARAMETER where unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return MAX_PARAMETERS * BYTES_PER_PARAMETER
 
 
 def _require(condition: bool, message: str) -> None:

@@ -5,7 +5,8 @@
                       configs only): save_pretrained files plus tokenizer.json and a
                       tokenizer_config.json naming its special tokens
 
-CKPT is an s2s `.ckpt` or a bundle directory. Problems print one `error: ...` line and exit 1.
+CKPT is an s2s `.ckpt` or a bundle directory. Problems print one `error: ...` line and exit 1
+(the entry points' shared error boundary, `s2s.cli`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from s2s.bundle import TOKENIZER_FILE, load_pretrained, publish, save_bundle
-from s2s.checkpoint import CheckpointError
+from s2s.cli import cli_status
 from s2s.model.transformer import Seq2SeqTransformer
 from s2s.tokenizer import EOS, MASK, PAD, Tokenizer
 
@@ -68,13 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("directory", help="where to write the export")
     parser.add_argument("--format", choices=FORMATS, default="bundle", dest="fmt")
     args = parser.parse_args(argv)
-    try:
-        out = export(args.ckpt, args.directory, args.fmt)
-    except (CheckpointError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.fmt} export to {out}")
-    return 0
+    return cli_status(_export_and_report, args.ckpt, args.directory, args.fmt)
+
+
+def _export_and_report(source: str, directory: str, fmt: str) -> None:
+    out = export(source, directory, fmt)
+    print(f"wrote {fmt} export to {out}")
 
 
 if __name__ == "__main__":

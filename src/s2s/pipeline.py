@@ -21,19 +21,23 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from s2s.checkpoint import read_checkpoint
+from s2s.bundle import load_weights, read_pretrained
+from s2s.checkpoint import CheckpointError, LoadedCheckpoint, read_checkpoint
 from s2s.checkpoint_io import AtomicCheckpointIO
 from s2s.config import ModelConfig
 from s2s.data.config import DataConfig, build_dataclass
 from s2s.data.datamodule import S2SDataModule
 from s2s.data.records import read_records
 from s2s.evaluation.masked_lines import MaskedLine, make_masked_lines
+from s2s.files import remove_stale_tmp_files
 from s2s.lit_module import EvalConfig, Seq2SeqLitModule
 from s2s.model import Seq2SeqTransformer
 from s2s.paths import project_root  # noqa: F401  (registers ${s2s_root:})
 from s2s.resume import ResumeState
+from s2s.run_dir import check_run_dir, resolve_ckpt_path
 from s2s.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,9 @@ log = logging.getLogger(__name__)
 # Fields that may differ between a pre-trained checkpoint and the fine-tuning config.
 NON_ARCHITECTURE = {"dropout", "attention_dropout", "activation_dropout", "compile"}
 NON_ARCHITECTURE |= {"attention_backend", "init_std"}
+# What Lightning needs from a checkpoint to resume (an s2s checkpoint written another way,
+# e.g. by a script, has weights but no training state)
+RESUME_KEYS = ("optimizer_states", "loops", "global_step")
 # The masked validation lines depend on this, not on cfg.seed: every run scores the same lines.
 DENOISE_SEED = 0
 
@@ -53,20 +60,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # lightning 2.6 calls a torch pytree API that torch 2.13 deprecates, once per run: not ours
     # to fix, and not something a user can act on
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # the CSV logger's warning about an earlier metrics.csv: _keep_earlier_metrics moved it
+    warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* is not empty")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     output_dir = Path(cfg.paths.output_dir)
+    check_run_dir(output_dir, overwrite=bool(cfg.get("overwrite")), ckpt_path=cfg.get("ckpt_path"))
+    _check_data_paths(cfg)
+    _check_accelerator(cfg)
     data_config = DataConfig.from_dict(_plain(cfg.data, "data"))
     eval_config = build_dataclass(EvalConfig, _plain(cfg.eval, "eval"), "eval")
 
-    pretrained = read_checkpoint(cfg.init_from) if cfg.get("init_from") else None
-    datamodule = S2SDataModule(data_config, pretrained.tokenizer if pretrained else None)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    resumed = _read_resume_checkpoint(ckpt_path) if ckpt_path else None
+    pretrained = read_pretrained(cfg.init_from, "init_from") if cfg.get("init_from") else None
+    source = resumed or pretrained
+    datamodule = S2SDataModule(data_config, source.tokenizer if source else None)
     tokenizer = datamodule.tokenizer
     model_config = model_config_for(cfg, tokenizer)
-    model = Seq2SeqTransformer(model_config)
+    if resumed is not None:
+        check_same_architecture(model_config, resumed.config, f"ckpt_path={ckpt_path}")
     if pretrained is not None:
-        check_same_architecture(model_config, pretrained.config, cfg.init_from)
-        model.load_state_dict(pretrained.state_dict)
+        check_same_architecture(model_config, pretrained.config, f"init_from={cfg.init_from}")
+    model = Seq2SeqTransformer(model_config)
+    if pretrained is not None and resumed is None:  # a resume restores its own weights
+        load_weights(model, pretrained.state_dict, pretrained.source)
         log.info("initialised from %s", cfg.init_from)
 
     optimizer = hydra.utils.instantiate(cfg.optimizer)
@@ -85,7 +103,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = make_trainer(cfg, datamodule)
     _save_run_files(output_dir, cfg, model_config, tokenizer, trainer)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     result: dict[str, Any] = {"metrics": metrics, "output_dir": str(output_dir)}
@@ -125,7 +143,10 @@ def model_config_for(cfg: DictConfig, tokenizer: Tokenizer) -> ModelConfig:
 
 
 def check_same_architecture(config: ModelConfig, pretrained: ModelConfig, source: str) -> None:
-    """Refuse, clearly, weights whose architecture does not match the configured model."""
+    """Refuse, clearly, weights whose architecture does not match the configured model.
+
+    `source` names the setting and file, e.g. `init_from=PATH` or `ckpt_path=PATH`.
+    """
     ours, theirs = config.to_dict(), pretrained.to_dict()
     diffs = [
         f"model.{key}={ours[key]!r} but the checkpoint has {theirs[key]!r}"
@@ -134,11 +155,48 @@ def check_same_architecture(config: ModelConfig, pretrained: ModelConfig, source
     ]
     if diffs:
         raise ValueError(
-            f"init_from={source}: the checkpoint's architecture does not match the config: "
+            f"{source}: the checkpoint's architecture does not match the config: "
             + "; ".join(diffs[:4])
             + ("; ..." if len(diffs) > 4 else "")
             + " (pick the model=... preset the checkpoint was trained with)"
         )
+
+
+def _check_data_paths(cfg: DictConfig) -> None:
+    """Training and validation files must be named (before any tokenizer or model work)."""
+    usage = "python train.py data=custom data.train_path=FILE data.val_path=FILE"
+    if not cfg.data.get("train_path"):
+        raise ValueError(f"data.train_path is not set: give the training file ({usage})")
+    if not cfg.data.get("val_path"):
+        raise ValueError(
+            "data.val_path is not set: training validates every trainer.val_check_interval "
+            f"steps and keeps the best checkpoint by val/loss; give a held-out file ({usage})"
+        )
+
+
+def _check_accelerator(cfg: DictConfig) -> None:
+    """trainer=gpu on a machine without CUDA: one line now, not Lightning's error later."""
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is available on this machine "
+            "(torch.cuda.is_available() is False): use trainer=cpu"
+        )
+
+
+def _read_resume_checkpoint(path: Path) -> LoadedCheckpoint:
+    """The checkpoint to resume from, read safely and checked to be a training checkpoint;
+    stale temporaries of a killed save beside it are removed."""
+    loaded = read_checkpoint(path, "ckpt_path")
+    missing = [key for key in RESUME_KEYS if key not in loaded.raw]
+    if missing:
+        raise CheckpointError(
+            f"ckpt_path={path}: not a training checkpoint (no {', '.join(missing)}): "
+            f"to start from its weights use init_from={path}"
+        )
+    remove_stale_tmp_files(path.parent)
+    log.info("resuming from %s with its tokenizer (%d tokens)", path, loaded.tokenizer.vocab_size)
+    return loaded
 
 
 def make_trainer(cfg: DictConfig, datamodule: S2SDataModule) -> L.Trainer:
@@ -153,6 +211,7 @@ def make_trainer(cfg: DictConfig, datamodule: S2SDataModule) -> L.Trainer:
     # A group entry set to null (e.g. callbacks.progress_bar=null) switches that piece off.
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    _keep_earlier_metrics(loggers)
     trainer = hydra.utils.instantiate(
         trainer_cfg,
         callbacks=[*callbacks, ResumeState(datamodule)],
@@ -177,6 +236,21 @@ def make_trainer(cfg: DictConfig, datamodule: S2SDataModule) -> L.Trainer:
         trainer.accumulate_grad_batches,
     )
     return trainer
+
+
+def _keep_earlier_metrics(loggers: list[Any]) -> None:
+    """Lightning's CSV logger deletes an existing metrics.csv (a resumed run in the same
+    directory): move it aside to metrics-N.csv first."""
+    for logger in loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        metrics = Path(logger.log_dir) / "metrics.csv"
+        if metrics.is_file():
+            n = 1
+            while (kept := metrics.with_name(f"metrics-{n}.csv")).exists():
+                n += 1
+            metrics.rename(kept)
+            log.info("kept the earlier %s as %s", metrics, kept.name)
 
 
 def _one_log_format() -> None:
@@ -221,7 +295,7 @@ def _report(result: dict[str, Any], trainer: L.Trainer) -> None:
     for key in ("last_checkpoint", "best_checkpoint"):
         if key in result:
             lines.append(f"{key.replace('_', ' '):16} {result[key]}")
-    if trainer.loggers:
+    if any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
         lines.append(f"tensorboard:     tensorboard --logdir {result['output_dir']}")
     shown = ("val/loss", "val/ppl", "val/token_acc", "val/bleu", "val/chrf")
     shown += ("val/copy_rate", "val/fill_rate", "train/loss")

@@ -13,14 +13,21 @@ span masked out of "How are you doing?" by the noising functions.
 
 A pretrained `tokenizer.json` (ours, or e.g. a T5 / BART one saved by Hugging Face) can be loaded
 instead of training one; it must define a pad and an end-of-sequence token.
+
+BPE training time grows faster than linearly with the length of a word, so one long record
+without whitespace (a base64 blob, a minified line) could stall it for minutes: for training
+only, runs of more than MAX_TRAINING_RUN non-space characters are cut into pieces of that
+length (`training_pieces`). Encoding is unaffected.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +35,11 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from s2s.files import new_file_mode
+
 PAD, EOS, BOS, MASK = "<pad>", "</s>", "<s>", "<mask>"
+MAX_TRAINING_RUN = 256  # non-space characters; longer runs are split for training (module doc)
+_LONG_RUN = re.compile(rf"\S{{{MAX_TRAINING_RUN + 1},}}")
 
 
 def sentinel(i: int) -> str:
@@ -70,6 +81,18 @@ def _only_fill_in_tokens_match_text(backend: HFTokenizer) -> HFTokenizer:
         added.append(token)
     data["added_tokens"] = added
     return HFTokenizer.from_str(json.dumps(data))
+
+
+def training_pieces(texts: Iterable[str]) -> Iterator[str]:
+    """`texts` for BPE training, a text with a non-space run longer than MAX_TRAINING_RUN cut
+    into pieces inside such runs, so that no word of the trainer exceeds that length."""
+    for text in texts:
+        start = 0
+        for run in _LONG_RUN.finditer(text):
+            for cut in range(run.start() + MAX_TRAINING_RUN, run.end(), MAX_TRAINING_RUN):
+                yield text[start:cut]
+                start = cut
+        yield text[start:]
 
 
 class TokenizerError(ValueError):
@@ -126,7 +149,7 @@ class Tokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        backend.train_from_iterator(texts, trainer=trainer)
+        backend.train_from_iterator(training_pieces(texts), trainer=trainer)
         return cls(_only_fill_in_tokens_match_text(backend))
 
     @classmethod
@@ -163,11 +186,16 @@ class Tokenizer:
         os.close(fd)
         try:
             self.backend.save(tmp)
+            os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; others may read a tokenizer
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return path
+
+    def digest(self) -> str:
+        """SHA-256 of the tokenizer's JSON: equal digests, equal tokenizers."""
+        return hashlib.sha256(self.backend.to_str().encode("utf-8")).hexdigest()
 
     # -- use --------------------------------------------------------------------------------
 

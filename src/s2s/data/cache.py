@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s2s.data.records import Records, read_records
+from s2s.data.records import Records, read_bytes, read_records
 from s2s.tokenizer import Tokenizer
 
 CACHE_VERSION = 1
@@ -72,13 +72,10 @@ def tokenize_file(
 ) -> TokenizedFile:
     """Read, validate and tokenise `path`, or load the ids from the cache."""
     path = Path(path)
-    if not path.is_file():
-        read_records(path)  # raises the located RecordError (not found, a directory)
+    raw = read_bytes(path)  # a located RecordError when missing or unreadable
     entry = None
     if cache_dir is not None:
-        key = fingerprint(
-            str(CACHE_VERSION).encode(), path.read_bytes(), tokenizer.backend.to_str().encode()
-        )
+        key = fingerprint(str(CACHE_VERSION).encode(), raw, tokenizer.backend.to_str().encode())
         entry = Path(cache_dir) / f"{path.stem}-{key}.npz"
         if entry.is_file():
             return _load(path, entry)

@@ -26,7 +26,7 @@ from s2s.data.cache import TokenizedFile, fingerprint, tokenize_file
 from s2s.data.config import DataConfig
 from s2s.data.examples import PairDataset, TextDataset, collate, pack, truncate
 from s2s.data.objectives import block_length, build_objective
-from s2s.data.records import read_records
+from s2s.data.records import read_bytes, read_records
 from s2s.data.sampler import BucketBatchSampler
 from s2s.tokenizer import Tokenizer
 
@@ -61,7 +61,7 @@ class S2SDataModule(L.LightningDataModule):
         train = Path(self.config.train_path)
         cached = None
         if self.config.cache_dir:
-            key = fingerprint(read_bytes_checked(train), repr(settings).encode())
+            key = fingerprint(read_bytes(train), repr(settings).encode())
             cached = Path(self.config.cache_dir) / f"tokenizer-{key}.json"
             if cached.is_file():
                 return Tokenizer.load(cached)
@@ -178,10 +178,3 @@ class S2SDataModule(L.LightningDataModule):
             return self.trainer is not None
         except RuntimeError:
             return False
-
-
-def read_bytes_checked(path: Path) -> bytes:
-    """The bytes of a dataset file; a missing file raises the located `RecordError`."""
-    if not path.is_file():
-        read_records(path)
-    return path.read_bytes()

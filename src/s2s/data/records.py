@@ -73,19 +73,32 @@ def read_records(path: str | Path) -> Records:
     return _validate(path, items, wrapper_kind)
 
 
-def _read_text(path: Path) -> str:
+def read_bytes(path: Path) -> bytes:
+    """The bytes of a file; missing, a directory or unreadable (permissions, I/O) is a
+    `RecordError` naming it."""
     if not path.exists():
         raise RecordError(path, "file not found")
     if path.is_dir():
         raise RecordError(path, "is a directory, expected a .json or .jsonl file")
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")  # tolerate a byte-order mark
+        return path.read_bytes()
+    except OSError as err:
+        raise RecordError(path, f"cannot read the file ({err.strerror or err})") from None
+
+
+def decode_utf8(path: Path, raw: bytes) -> str:
+    """`raw` as text (a byte-order mark tolerated); invalid UTF-8 is a `RecordError`."""
+    try:
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise RecordError(
             path, f"invalid UTF-8 at byte offset {err.start}; save the file as UTF-8", line=line
         ) from None
+
+
+def _read_text(path: Path) -> str:
+    text = decode_utf8(path, read_bytes(path))
     if not text.strip():
         raise RecordError(path, "file is empty; expected a JSON array of records or JSON Lines")
     return text
