@@ -59,6 +59,7 @@ def overrides_for(tiny_data, tmp_path: Path, kind: str = "text") -> list[str]:
         f"paths.output_dir={tmp_path / 'run'}",
         "trainer.max_steps=6",
         "trainer.val_check_interval=3",
+        "copy_warmup.steps=0",  # the data path itself; test_synthetic.py covers the warm-up
         "trainer.limit_val_batches=2",
         "trainer.log_every_n_steps=1",
         "scheduler.warmup_steps=2",

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from s2s.checkpoint import S2S_KEY, metadata
 from s2s.data.examples import IGNORE_INDEX
+from s2s.data.synthetic import CopyWarmup, copyable_ids, random_copy_batch, warmup_generator
 from s2s.evaluation.masked_lines import MaskedLine
 from s2s.model import Seq2SeqTransformer
 from s2s.tokenizer import Tokenizer
@@ -65,6 +66,8 @@ class Seq2SeqLitModule(L.LightningModule):
         eval_config: EvalConfig | None = None,
         pairs: bool = False,
         denoise_lines: Sequence[MaskedLine] = (),
+        copy_warmup: CopyWarmup | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -74,6 +77,9 @@ class Seq2SeqLitModule(L.LightningModule):
         self.eval_config = eval_config or EvalConfig()
         self.pairs = pairs  # validation data are input -> target pairs: compute BLEU / chrF
         self.denoise_lines = list(denoise_lines)  # the masked-line probe of Text validation data
+        self.copy_warmup = copy_warmup or CopyWarmup()
+        self.seed = seed
+        self._copyable: Tensor | None = None
         self._forward = model
         if model.config.compile:
             # Compiled separately so checkpoints keep plain `model.*` keys.
@@ -98,6 +104,8 @@ class Seq2SeqLitModule(L.LightningModule):
         return loss, logits
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        if self.global_step < self.copy_warmup.steps:
+            batch = self._warmup_batch(batch, batch_idx)
         loss, _ = self.loss(batch)
         real = batch["attention_mask"].sum() + (batch["labels"] != IGNORE_INDEX).sum()
         total = batch["attention_mask"].numel() + batch["labels"].numel()
@@ -105,6 +113,17 @@ class Seq2SeqLitModule(L.LightningModule):
         self.log("train/padding_fraction", 1.0 - real.float() / total)
         self._log_throughput(int(real))
         return loss
+
+    def _warmup_batch(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """The data batch replaced by random rows to copy (s2s.data.synthetic), same row count."""
+        if self._copyable is None:
+            self._copyable = copyable_ids(self.tokenizer)
+        generator = warmup_generator(self.seed, self.global_step, batch_idx, self.global_rank)
+        rows = batch["input_ids"].shape[0]
+        synthetic = random_copy_batch(
+            rows, self.copy_warmup.length, self._copyable, self.tokenizer.eos_id, generator
+        )
+        return {k: v.to(batch["input_ids"].device) for k, v in synthetic.items()}
 
     def _log_throughput(self, tokens: int) -> None:
         """Real (non-padding) source + target tokens per second on this device."""

@@ -31,6 +31,7 @@ from s2s.config import ModelConfig
 from s2s.data.config import DataConfig, build_dataclass
 from s2s.data.datamodule import S2SDataModule
 from s2s.data.records import read_records
+from s2s.data.synthetic import CopyWarmup
 from s2s.evaluation.masked_lines import MaskedLine, make_masked_lines
 from s2s.files import remove_stale_tmp_files
 from s2s.lit_module import EvalConfig, Seq2SeqLitModule
@@ -70,6 +71,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _check_accelerator(cfg)
     data_config = DataConfig.from_dict(_plain(cfg.data, "data"))
     eval_config = build_dataclass(EvalConfig, _plain(cfg.eval, "eval"), "eval")
+    warmup_values = _plain(cfg.copy_warmup, "copy_warmup") if cfg.get("copy_warmup") else {}
+    copy_warmup = build_dataclass(CopyWarmup, warmup_values, "copy_warmup")
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     resumed = _read_resume_checkpoint(ckpt_path) if ckpt_path else None
@@ -99,6 +102,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         eval_config=eval_config,
         pairs=datamodule.kinds.get("val") == "pairs",
         denoise_lines=denoise_lines_for(data_config, datamodule, eval_config),
+        copy_warmup=copy_warmup,
+        seed=int(cfg.seed),
     )
     trainer = make_trainer(cfg, datamodule)
     _save_run_files(output_dir, cfg, model_config, tokenizer, trainer)
