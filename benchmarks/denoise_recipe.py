@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out / args.name
     out.mkdir(parents=True, exist_ok=True)
-    common = ["callbacks.progress_bar=null"]
+    common = ["callbacks.progress_bar=null", "overwrite=true"]  # this script owns --out/NAME
 
     pretrain = out / "pretrain"
     wall = run(
@@ -107,6 +107,7 @@ def main() -> None:
                 f"output_file={out / 'test_predictions.jsonl'}",
                 "generate.max_new_tokens=128",
                 "batch_size=32",
+                "overwrite=true",
             ],
             log,
         )

@@ -7,35 +7,63 @@ import torch
 from test_train import compose_train, overrides_for, tiny_data  # noqa: F401
 
 from s2s.data.examples import IGNORE_INDEX
-from s2s.data.synthetic import CopyWarmup, copyable_ids, random_copy_batch, warmup_generator
+from s2s.data.objectives import build_objective
+from s2s.data.synthetic import CopyWarmup, copyable_ids, random_copy_batch, warmup_rng
 from s2s.lit_module import Seq2SeqLitModule
 from s2s.pipeline import train
 
+MASK_ID = 3  # s2s.tokenizer: <mask> is always id 3
+
+
+def batch_of(tokenizer, key, noised=0.0, rows=6, length=7, noise=None):
+    return random_copy_batch(
+        rows,
+        CopyWarmup(steps=1, length=length, noised=noised),
+        copyable_ids(tokenizer),
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
+        rng=warmup_rng(*key),
+        noise=noise,
+    )
+
 
 def test_random_rows_are_their_own_target_and_hold_no_special_token(tokenizer):
-    ids = copyable_ids(tokenizer)
-    batch = random_copy_batch(5, 7, ids, tokenizer.eos_id, warmup_generator(0, 3, 0, 0))
+    batch = batch_of(tokenizer, (0, 3, 0, 0), rows=5)
     assert batch["input_ids"].shape == (5, 8)
     assert torch.equal(batch["input_ids"], batch["labels"])
     assert bool(batch["attention_mask"].all())
     assert bool((batch["input_ids"][:, -1] == tokenizer.eos_id).all())
     body = batch["input_ids"][:, :-1]
     assert not set(body.flatten().tolist()) & set(tokenizer.special_ids)
-    assert len(ids) == tokenizer.vocab_size - len(tokenizer.special_ids)
+    assert len(copyable_ids(tokenizer)) == tokenizer.vocab_size - len(tokenizer.special_ids)
+
+
+def test_noised_rows_go_through_the_objective_and_keep_their_clean_target(tokenizer):
+    from s2s.data.config import DataConfig
+
+    bart = build_objective(DataConfig(train_path="x"), tokenizer)
+    batch = batch_of(tokenizer, (0, 1, 0, 0), noised=1.0, rows=8, length=20, noise=bart)
+    labels, inputs = batch["labels"], batch["input_ids"]
+    assert bool((labels[:, 20] == tokenizer.eos_id).all()) and labels.shape[1] == 21
+    assert bool((inputs == tokenizer.mask_id).any(dim=1).all())  # every row has a mask
+    assert not bool((labels == tokenizer.mask_id).any())
+    half = batch_of(tokenizer, (0, 1, 0, 0), noised=0.5, rows=40, length=20, noise=bart)
+    masked_rows = int((half["input_ids"] == tokenizer.mask_id).any(dim=1).sum())
+    assert 8 < masked_rows < 32
 
 
 def test_rows_depend_only_on_seed_step_micro_batch_and_rank(tokenizer):
-    ids = copyable_ids(tokenizer)
-
     def rows(*key):
-        return random_copy_batch(4, 6, ids, tokenizer.eos_id, warmup_generator(*key))["labels"]
+        return batch_of(tokenizer, key)["labels"]
 
     assert torch.equal(rows(1, 2, 0, 0), rows(1, 2, 0, 0))
     for other in [(2, 2, 0, 0), (1, 3, 0, 0), (1, 2, 1, 0), (1, 2, 0, 1)]:
         assert not torch.equal(rows(1, 2, 0, 0), rows(*other)), other
 
 
-@pytest.mark.parametrize("values", [dict(steps=-1), dict(length=0)])
+@pytest.mark.parametrize(
+    "values", [dict(steps=-1), dict(length=0), dict(noised=1.5), dict(noise_from=-1)]
+)
 def test_bad_warmup_settings_are_refused(values):
     with pytest.raises(ValueError, match="copy_warmup"):
         CopyWarmup(**values)
@@ -55,13 +83,17 @@ def test_warmup_steps_train_on_random_rows_then_on_the_data(tiny_data, tmp_path,
     monkeypatch.setattr(Seq2SeqLitModule, "loss", spy)
     overrides = [
         *overrides_for(tiny_data, tmp_path),
-        "copy_warmup.steps=2",
-        "copy_warmup.length=5",
-        "trainer.max_steps=4",
+        "copy_warmup.steps=3",
+        "copy_warmup.length=8",
+        "copy_warmup.noised=1.0",
+        "copy_warmup.noise_from=2",
+        "trainer.max_steps=5",
     ]
     train(compose_train(overrides))
-    assert [step for step, _, _ in seen] == [0, 1, 2, 3]
-    for _, inputs, labels in seen[:2]:
-        assert inputs == labels and len(inputs) == 6  # 5 random tokens + EOS
-    for _, inputs, labels in seen[2:]:
-        assert inputs != labels and len(labels) > 6  # noised text rows
+    assert [step for step, _, _ in seen] == [0, 1, 2, 3, 4]
+    for _, inputs, labels in seen[:2]:  # plain copies of random rows
+        assert inputs == labels and len(inputs) == 9  # 8 random tokens + EOS
+    _, inputs, labels = seen[2]  # a noised random row: the clean row is still the target
+    assert inputs != labels and len(labels) == 9 and MASK_ID in inputs
+    for _, inputs, labels in seen[3:]:
+        assert inputs != labels and len(labels) > 9  # noised text rows

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from s2s.checkpoint import S2S_KEY, metadata
 from s2s.data.examples import IGNORE_INDEX
-from s2s.data.synthetic import CopyWarmup, copyable_ids, random_copy_batch, warmup_generator
+from s2s.data.synthetic import CopyWarmup, Noise, copyable_ids, random_copy_batch, warmup_rng
 from s2s.evaluation.masked_lines import MaskedLine
 from s2s.model import Seq2SeqTransformer
 from s2s.tokenizer import Tokenizer
@@ -67,6 +67,7 @@ class Seq2SeqLitModule(L.LightningModule):
         pairs: bool = False,
         denoise_lines: Sequence[MaskedLine] = (),
         copy_warmup: CopyWarmup | None = None,
+        warmup_noise: Noise | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -78,8 +79,9 @@ class Seq2SeqLitModule(L.LightningModule):
         self.pairs = pairs  # validation data are input -> target pairs: compute BLEU / chrF
         self.denoise_lines = list(denoise_lines)  # the masked-line probe of Text validation data
         self.copy_warmup = copy_warmup or CopyWarmup()
+        self.warmup_noise = warmup_noise  # the data's objective, for noised warm-up rows
         self.seed = seed
-        self._copyable: Tensor | None = None
+        self._copyable = copyable_ids(tokenizer)
         self._forward = model
         if model.config.compile:
             # Compiled separately so checkpoints keep plain `model.*` keys.
@@ -116,12 +118,14 @@ class Seq2SeqLitModule(L.LightningModule):
 
     def _warmup_batch(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """The data batch replaced by random rows to copy (s2s.data.synthetic), same row count."""
-        if self._copyable is None:
-            self._copyable = copyable_ids(self.tokenizer)
-        generator = warmup_generator(self.seed, self.global_step, batch_idx, self.global_rank)
-        rows = batch["input_ids"].shape[0]
         synthetic = random_copy_batch(
-            rows, self.copy_warmup.length, self._copyable, self.tokenizer.eos_id, generator
+            batch["input_ids"].shape[0],
+            self.copy_warmup,
+            self._copyable,
+            eos_id=self.tokenizer.eos_id,
+            pad_id=self.tokenizer.pad_id,
+            rng=warmup_rng(self.seed, self.global_step, batch_idx, self.global_rank),
+            noise=self.warmup_noise if self.global_step >= self.copy_warmup.noise_from else None,
         )
         return {k: v.to(batch["input_ids"].device) for k, v in synthetic.items()}
 

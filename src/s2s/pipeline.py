@@ -31,6 +31,7 @@ from s2s.config import ModelConfig
 from s2s.data.config import DataConfig, build_dataclass
 from s2s.data.datamodule import S2SDataModule
 from s2s.data.records import read_records
+from s2s.data.objectives import build_objective
 from s2s.data.synthetic import CopyWarmup
 from s2s.evaluation.masked_lines import MaskedLine, make_masked_lines
 from s2s.files import remove_stale_tmp_files
@@ -103,6 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pairs=datamodule.kinds.get("val") == "pairs",
         denoise_lines=denoise_lines_for(data_config, datamodule, eval_config),
         copy_warmup=copy_warmup,
+        warmup_noise=build_objective(data_config, tokenizer) if copy_warmup.steps else None,
         seed=int(cfg.seed),
     )
     trainer = make_trainer(cfg, datamodule)
