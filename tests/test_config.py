@@ -97,8 +97,10 @@ def test_replace_sets_tokenizer_fields_and_revalidates():
         cfg.vocab_size = 5  # type: ignore[misc]
 
 
-def test_tiny_preset_is_the_default_config_plus_rotary_cross_attention():
-    assert load_preset("tiny") == dataclasses.replace(ModelConfig(), rotary_cross_attention=True)
+def test_tiny_preset_is_the_default_config_plus_its_two_recipe_choices():
+    # rotary cross-attention and T5's tied-embedding geometry (see conf/model/tiny.yaml)
+    expected = dataclasses.replace(ModelConfig(), rotary_cross_attention=True, scale_logits=True)
+    assert load_preset("tiny") == expected
 
 
 @pytest.mark.parametrize("name", sorted(PRESET_PARAMETERS))
