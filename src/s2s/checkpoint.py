@@ -95,10 +95,9 @@ def read_checkpoint(path: str | Path, key: str = "checkpoint") -> LoadedCheckpoi
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0]
         raise CheckpointError(
             f"{path}: refused: the checkpoint holds objects that are not plain data or "
-            f"tensors ({first})"
+            f"tensors ({_unpickler_reason(err)}); s2s never unpickles code"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -120,3 +119,11 @@ def read_checkpoint(path: str | Path, key: str = "checkpoint") -> LoadedCheckpoi
         if key.startswith(MODEL_PREFIX)
     }
     return LoadedCheckpoint(state, config, tokenizer, raw, str(path))
+
+
+def _unpickler_reason(err: pickle.UnpicklingError) -> str:
+    """The line of torch's long weights-only error that names what was refused."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "Unsupported" in line or "Unpickler error" in line]
+    reason = (named or lines or [type(err).__name__])[0]
+    return re.sub(r"\x1b\[[0-9;]*m", "", reason).split(". Please use")[0]

@@ -33,6 +33,7 @@ def remove_stale_tmp_files(directory: Path) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (signal 0 checks without sending anything)."""
     if pid == os.getpid():
         return True
     try:

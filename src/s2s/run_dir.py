@@ -26,6 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from s2s.checkpoint import CheckpointError, refuse_url
+from s2s.cli import run_cli
 
 RUN_FILES = ("config.yaml", "model_config.json", "tokenizer.json", "checkpoints", "csv")
 RUN_FILES += ("tensorboard",)
@@ -75,14 +76,10 @@ class RunDirGuard(Callback):
     """Hydra callback: `check_run_dir` before Hydra writes anything into the run directory."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from s2s.cli import run_cli
-
         for directory in _planned_dirs(config):
             run_cli(_check_config, directory, config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from s2s.cli import run_cli
-
         sweep = Path(str(config.hydra.sweep.dir))
         jobs = [p for p in sweep.iterdir() if p.is_dir()] if sweep.is_dir() else []
         for directory in jobs:
