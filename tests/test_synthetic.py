@@ -97,3 +97,26 @@ def test_warmup_steps_train_on_random_rows_then_on_the_data(tiny_data, tmp_path,
     assert inputs != labels and len(labels) == 9 and MASK_ID in inputs
     for _, inputs, labels in seen[3:]:
         assert inputs != labels and len(labels) > 9  # noised text rows
+
+
+def test_init_from_skips_the_warmup(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    pretrain = tmp_path / "pretrain"
+    first = train(compose_train([*overrides_for(tiny_data, pretrain), "trainer.max_steps=2"]))
+    seen = []
+    original = Seq2SeqLitModule.loss
+
+    def spy(self, batch):
+        if self.training:
+            seen.append((batch["input_ids"][0].tolist(), batch["labels"][0].tolist()))
+        return original(self, batch)
+
+    monkeypatch.setattr(Seq2SeqLitModule, "loss", spy)
+    tuned = [
+        *overrides_for(tiny_data, tmp_path / "tuned"),
+        f"init_from={first['last_checkpoint']}",
+        "copy_warmup.steps=5",
+        "copy_warmup.noised=0.0",
+        "trainer.max_steps=2",
+    ]
+    train(compose_train(tuned))
+    assert len(seen) == 2 and all(inputs != labels for inputs, labels in seen)  # data rows

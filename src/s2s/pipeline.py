@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -90,6 +91,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if pretrained is not None and resumed is None:  # a resume restores its own weights
         load_weights(model, pretrained.state_dict, pretrained.source)
         log.info("initialised from %s", cfg.init_from)
+    if pretrained is not None and copy_warmup.steps:
+        # the warm-up teaches a model from scratch to read its source; a pre-trained one does
+        log.info("init_from: no copy warm-up (copy_warmup.steps=%d ignored)", copy_warmup.steps)
+        copy_warmup = dataclasses.replace(copy_warmup, steps=0)
 
     optimizer = hydra.utils.instantiate(cfg.optimizer)
     optimizer(model)  # build once now so a bad optimizer.* value fails before any data work
