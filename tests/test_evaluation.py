@@ -52,8 +52,10 @@ def test_masked_line_replaces_its_span_by_one_mask():
 
 def test_a_perfect_copier_copies_every_line_and_a_perfect_filler_fills_them():
     lines = make_masked_lines([TEXT] * 3, 10)
-    copies = [" ".join(line.words[: line.start] + ["X"] + line.words[line.start + line.length :])
-              for line in lines]
+    copies = [
+        " ".join(line.words[: line.start] + ["X"] + line.words[line.start + line.length :])
+        for line in lines
+    ]
     assert score(copies, lines).copy_rate == 1.0
     assert score(copies, lines).fill_rate == 0.0
     perfect = score([line.text for line in lines], lines)

@@ -31,8 +31,8 @@ from s2s.checkpoint_io import AtomicCheckpointIO
 from s2s.config import ModelConfig
 from s2s.data.config import DataConfig, build_dataclass
 from s2s.data.datamodule import S2SDataModule
-from s2s.data.records import read_records
 from s2s.data.objectives import build_objective
+from s2s.data.records import read_records
 from s2s.data.synthetic import CopyWarmup
 from s2s.evaluation.masked_lines import MaskedLine, make_masked_lines
 from s2s.files import remove_stale_tmp_files

@@ -26,12 +26,10 @@ run and after a resume, different on every rank.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from collections.abc import Callable
-
 import numpy as np
-import torch
 from torch import Tensor
 
 from s2s.data.examples import Example, collate
