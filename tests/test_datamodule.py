@@ -63,6 +63,28 @@ def test_pack_joins_rows_with_separator_and_cuts_full_blocks():
     ]
 
 
+def test_pack_with_min_length_cuts_random_lengths_in_range_and_keeps_every_token():
+    rows = Ragged.from_rows([list(range(2, 40)), list(range(40, 90))])
+    packed = pack(rows, 10, [0], min_length=3, rng=np.random.default_rng(0))
+    lengths = packed.lengths
+    assert lengths[:-1].min() >= 3 and lengths.max() <= 10
+    assert len(set(lengths[:-1].tolist())) > 2  # not all one length
+    assert packed.ids.tolist() == list(range(2, 40)) + [0] + list(range(40, 90))
+    again = pack(rows, 10, [0], min_length=3, rng=np.random.default_rng(0))
+    assert again.offsets.tolist() == packed.offsets.tolist()  # seeded: same cuts every run
+    with pytest.raises(ValueError, match="min_length"):
+        pack(rows, 10, [0], min_length=11, rng=np.random.default_rng(0))
+
+
+def test_min_row_length_shortens_training_rows_only(text_file, tokenizer, tmp_path):
+    dm = make(text_file, tokenizer, tmp_path, min_row_length=4, max_target_length=32)
+    train, val = dm.datasets["train"].lengths, dm.datasets["val"].lengths
+    assert train[:-1].min() >= 4 and train.max() <= 31 and train[:-1].mean() < 25
+    assert (val[:-1] == 31).all()  # validation rows stay full: val/loss comparable
+    with pytest.raises(ValueError, match=r"data\.min_row_length"):
+        DataConfig(train_path="x", max_source_length=32, min_row_length=32)
+
+
 def test_truncate_cuts_long_rows_and_counts_them():
     rows = Ragged.from_rows([[1, 2, 3, 4], [5], [6, 7, 8]])
     cut, n = truncate(rows, 2)

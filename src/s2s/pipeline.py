@@ -53,6 +53,7 @@ NON_ARCHITECTURE |= {"attention_backend", "init_std"}
 RESUME_KEYS = ("optimizer_states", "loops", "global_step")
 # The masked validation lines depend on this, not on cfg.seed: every run scores the same lines.
 DENOISE_SEED = 0
+PROBE_DOCUMENTS = 2000  # documents of a prepared val_dir the probe draws its lines from
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -135,7 +136,10 @@ def denoise_lines_for(
     """The masked-line probe of Text validation data (none for pairs or without val data)."""
     if datamodule.kinds.get("val") != "text" or not eval_config.denoise_lines:
         return []
-    texts = read_records(Path(data.val_path)).inputs
+    if data.val_dir:  # a prepared directory: the text of its first documents
+        texts = datamodule.document_texts("val", PROBE_DOCUMENTS)
+    else:
+        texts = read_records(Path(data.val_path)).inputs
     return make_masked_lines(texts, eval_config.denoise_lines, seed=DENOISE_SEED)
 
 
@@ -177,9 +181,9 @@ def check_same_architecture(config: ModelConfig, pretrained: ModelConfig, source
 def _check_data_paths(cfg: DictConfig) -> None:
     """Training and validation files must be named (before any tokenizer or model work)."""
     usage = "python train.py data=custom data.train_path=FILE data.val_path=FILE"
-    if not cfg.data.get("train_path"):
+    if not cfg.data.get("train_path") and not cfg.data.get("train_dir"):
         raise ValueError(f"data.train_path is not set: give the training file ({usage})")
-    if not cfg.data.get("val_path"):
+    if not cfg.data.get("val_path") and not cfg.data.get("val_dir"):
         raise ValueError(
             "data.val_path is not set: training validates every trainer.val_check_interval "
             f"steps and keeps the best checkpoint by val/loss; give a held-out file ({usage})"

@@ -35,18 +35,26 @@ class DataConfig:
                  corruption, "none" = plain auto-encoding); `{"Input","Target"}` pairs are
                  always used as they are.
     pack:        concatenate short texts and cut them into full-length rows (text records).
+    min_row_length: with pack, training rows get a length drawn uniformly from
+                 [min_row_length, the full row] (fixed per run by `seed`); validation rows stay
+                 full. null = every row full.
+    train_dir / val_dir: directories written by `python -m s2s.prepare`, streamed from disk
+                 (memory flat in the corpus size) instead of train_path / val_path.
     batch_size:  GLOBAL batch, in sequences per optimiser step over all devices;
                  `micro_batch_size` (per device, per forward) defaults to batch_size / devices
                  and gradient accumulation makes up the rest.
     """
 
-    train_path: str
+    train_path: str | None = None
     val_path: str | None = None
     test_path: str | None = None
+    train_dir: str | None = None
+    val_dir: str | None = None
     objective: Objective = "bart"
     max_source_length: int = 256
     max_target_length: int = 256
     pack: bool = True
+    min_row_length: int | None = None
     batch_size: int = 32
     micro_batch_size: int | None = None
     num_workers: int = 1
@@ -57,6 +65,14 @@ class DataConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     def __post_init__(self) -> None:
+        for split in ("train", "val"):
+            if getattr(self, f"{split}_path") and getattr(self, f"{split}_dir"):
+                raise ValueError(
+                    f"data.{split}_path and data.{split}_dir are both set: give one (a dataset "
+                    "file, or a directory prepared by `python -m s2s.prepare`)"
+                )
+        if self.train_dir and self.min_row_length is not None:
+            raise ValueError("data.min_row_length applies to in-memory data (data.train_path)")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"data.objective={self.objective!r} must be one of {OBJECTIVES}")
         for name in ("max_source_length", "max_target_length"):
@@ -65,6 +81,14 @@ class DataConfig:
         for name in ("batch_size", "bucket_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name}={getattr(self, name)} must be >= 1")
+        if (
+            self.min_row_length is not None
+            and not 1 <= self.min_row_length < self.max_source_length
+        ):
+            raise ValueError(
+                f"data.min_row_length={self.min_row_length} must be in "
+                f"[1, data.max_source_length={self.max_source_length})"
+            )
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(f"data.micro_batch_size={self.micro_batch_size} must be >= 1")
         if self.num_workers < 0:

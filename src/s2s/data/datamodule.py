@@ -3,8 +3,10 @@
     setup()  reads the files (either record format), gets the tokenizer (loaded from
              `data.tokenizer.path`, given by the caller, or trained on the training texts and
              cached), tokenises every file once (cached on disk), packs or truncates text rows,
-             and builds the datasets.
-    *_dataloader()  batches of `micro_batch_size` rows from a `BucketBatchSampler` sharded
+             and builds the datasets. Prepared directories (`data.train_dir`, `data.val_dir`,
+             from `python -m s2s.prepare`) are not loaded: rows are read from disk on demand.
+    *_dataloader()  batches of `micro_batch_size` rows from a `BucketBatchSampler` (or, for
+             streamed packed rows, a `StreamBatchSampler`) sharded
              over the trainer's ranks; the trainer must run with `use_distributed_sampler=False`
              (the sampler shards itself and Lightning passes it the epoch).
 
@@ -20,17 +22,20 @@ from functools import partial
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from s2s.data.cache import TokenizedFile, fingerprint, tokenize_file
 from s2s.data.config import DataConfig
 from s2s.data.examples import PairDataset, TextDataset, collate, pack, truncate
 from s2s.data.objectives import block_length, build_objective
+from s2s.data.prepared import Documents, PackedBlocks, Prepared, PreparedError, open_prepared
 from s2s.data.records import read_bytes, read_records
-from s2s.data.sampler import BucketBatchSampler
+from s2s.data.sampler import BucketBatchSampler, StreamBatchSampler
 from s2s.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+ROW_LENGTH_STREAM = 2**32 - 2  # rng key of the training rows' lengths (data.min_row_length)
 VALIDATION_EPOCH = 2**32 - 1  # the fixed noise "epoch" of validation and test data (never trained)
 
 
@@ -44,15 +49,25 @@ class S2SDataModule(L.LightningDataModule):
         self.kinds: dict[str, str] = {}  # split -> "text" | "pairs"
         self.truncated: dict[str, int] = {}
         self._resume: tuple[int, int] | None = None
+        self._opened: dict[str, Prepared] = {}  # split -> its prepared directory
 
     # -- tokenizer ---------------------------------------------------------------------------
 
     @property
     def tokenizer(self) -> Tokenizer:
-        """The tokenizer: given, loaded from data.tokenizer.path, or trained (and cached)."""
+        """The tokenizer: given, loaded from data.tokenizer.path or the prepared train_dir, or
+        trained (and cached)."""
         if self._tokenizer is None:
-            self._tokenizer = self._load_or_train_tokenizer()
+            if self.config.train_dir:
+                self._tokenizer = Tokenizer.load(self._prepared("train").tokenizer_path)
+            else:
+                self._tokenizer = self._load_or_train_tokenizer()
         return self._tokenizer
+
+    def _prepared(self, split: str) -> Prepared:
+        if split not in self._opened:
+            self._opened[split] = open_prepared(getattr(self.config, f"{split}_dir"))
+        return self._opened[split]
 
     def _load_or_train_tokenizer(self) -> Tokenizer:
         settings = self.config.tokenizer
@@ -83,14 +98,58 @@ class S2SDataModule(L.LightningDataModule):
     # -- datasets ----------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
-        splits = {"train": self.config.train_path, "val": self.config.val_path}
+        cfg = self.config
+        splits = {"train": cfg.train_path, "val": cfg.val_path}
         if stage in ("test", None):
-            splits["test"] = self.config.test_path
+            splits["test"] = cfg.test_path
         for split, path in splits.items():
-            if path and split not in self.datasets:
-                tokenized = tokenize_file(path, self.tokenizer, self.config.cache_dir)
+            if split in self.datasets:
+                continue
+            if getattr(cfg, f"{split}_dir", None):
+                self.datasets[split] = self._build_streamed(split)
+            elif path:
+                tokenized = tokenize_file(path, self.tokenizer, cfg.cache_dir)
                 self.kinds[split] = tokenized.kind
                 self.datasets[split] = self._build(split, tokenized)
+
+    def _build_streamed(self, split: str) -> Dataset:
+        """A prepared directory, read block by block from disk (s2s.data.prepared)."""
+        cfg, tok, prepared = self.config, self.tokenizer, self._prepared(split)
+        if Tokenizer.load(prepared.tokenizer_path).backend.to_str() != tok.backend.to_str():
+            raise PreparedError(
+                f"{prepared.directory}: prepared with another tokenizer than the run's: prepare "
+                "it with --tokenizer pointing at the training directory (or the model's tokenizer)"
+            )
+        manifest = prepared.manifest
+        self.kinds[split] = manifest.kind
+        lengths = {"max_source_length": cfg.max_source_length}
+        lengths["max_target_length"] = cfg.max_target_length
+        if manifest.kind == "pairs":
+            inputs, targets = (Documents(prepared.streams[n]) for n in ("input", "target"))
+            self._count_truncated(split, "Input", inputs.lengths, cfg.max_source_length)
+            self._count_truncated(split, "Target", targets.lengths, cfg.max_target_length)
+            return PairDataset(inputs, targets, eos_id=tok.eos_id, **lengths)
+        rows = Documents(prepared.streams["text"], len(manifest.separator))
+        if cfg.pack:
+            rows = PackedBlocks(
+                prepared.streams["text"], block_length(cfg), len(manifest.separator)
+            )
+        return TextDataset(
+            rows,
+            build_objective(cfg, tok),
+            seed=cfg.seed,
+            eos_id=tok.eos_id,
+            fixed_epoch=None if split == "train" else VALIDATION_EPOCH,
+            **lengths,
+        )
+
+    def document_texts(self, split: str, limit: int) -> list[str]:
+        """The decoded text of the first `limit` documents of a prepared split."""
+        prepared = self._prepared(split)
+        if prepared.manifest.kind != "text":
+            return []
+        docs = Documents(prepared.streams["text"], len(prepared.manifest.separator))
+        return [self.tokenizer.decode(docs[i].tolist()) for i in range(min(limit, len(docs)))]
 
     def resume_from(self, epoch: int, batches_done: int) -> None:
         """Skip the training batches of `epoch` that a resumed checkpoint already consumed."""
@@ -106,7 +165,14 @@ class S2SDataModule(L.LightningDataModule):
             return PairDataset(tokenized.inputs, tokenized.targets, eos_id=tok.eos_id, **lengths)
         rows, block = tokenized.inputs, block_length(cfg)
         if cfg.pack:
-            rows = pack(rows, block, separator=tok.encode("\n\n"))
+            short = cfg.min_row_length if split == "train" else None
+            rows = pack(
+                rows,
+                block,
+                separator=tok.encode("\n\n"),
+                min_length=None if short is None else min(short, block),
+                rng=np.random.default_rng([cfg.seed, ROW_LENGTH_STREAM]),
+            )
         else:
             rows, cut = truncate(rows, block)
             self._warn_truncated(split, "Text", cut, len(rows), block)
@@ -152,15 +218,23 @@ class S2SDataModule(L.LightningDataModule):
             raise ValueError(f"data.{split}_path is not set, so there is no {split} data")
         dataset = self.datasets[split]
         trainer = self.trainer if self._has_trainer() else None
-        sampler = BucketBatchSampler(
-            dataset.lengths,
-            self.micro_batch_size,
-            shuffle=shuffle,
-            seed=self.config.seed,
-            bucket_size=self.config.bucket_size,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
-        )
+        shard = {
+            "num_replicas": trainer.world_size if trainer else 1,
+            "rank": trainer.global_rank if trainer else 0,
+        }
+        if isinstance(getattr(dataset, "rows", None), PackedBlocks):  # full blocks: no buckets
+            sampler = StreamBatchSampler(
+                len(dataset), self.micro_batch_size, shuffle=shuffle, seed=self.config.seed, **shard
+            )
+        else:
+            sampler = BucketBatchSampler(
+                dataset.lengths,
+                self.micro_batch_size,
+                shuffle=shuffle,
+                seed=self.config.seed,
+                bucket_size=self.config.bucket_size,
+                **shard,
+            )
         if split == "train" and self._resume is not None:
             sampler.skip(*self._resume)
             self._resume = None

@@ -30,11 +30,21 @@ class Example:
     labels: np.ndarray  # (T,)
 
 
-def pack(rows: Ragged, block_length: int, separator: Sequence[int]) -> Ragged:
-    """Join all rows (with `separator` between them) and cut the stream into full blocks.
+def pack(
+    rows: Ragged,
+    block_length: int,
+    separator: Sequence[int],
+    *,
+    min_length: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> Ragged:
+    """Join all rows (with `separator` between them) and cut the stream into blocks.
 
     Every block holds `block_length` tokens except possibly the last, so pre-training batches
     carry almost no padding. Blocks cross text boundaries, as in T5's and BART's pre-training.
+    With `min_length` (and `rng`), block lengths are drawn uniformly from
+    [min_length, block_length] instead, so the model also sees short inputs like the single
+    lines it is prompted with later.
     """
     sep = np.asarray(separator, dtype=rows.ids.dtype)
     pieces: list[np.ndarray] = []
@@ -44,7 +54,15 @@ def pack(rows: Ragged, block_length: int, separator: Sequence[int]) -> Ragged:
         pieces.append(rows[index])
     stream = np.concatenate(pieces) if pieces else rows.ids[:0]
     total = len(stream)
-    offsets = np.arange(0, total, block_length, dtype=np.int64)
+    if min_length is None:
+        offsets = np.arange(0, total, block_length, dtype=np.int64)
+    else:
+        if rng is None or not 1 <= min_length <= block_length:
+            raise ValueError(f"min_length={min_length} needs an rng and 1 <= it <= {block_length}")
+        # Enough draws to cover the stream even if every block is min_length long.
+        draws = rng.integers(min_length, block_length + 1, size=total // min_length + 1)
+        offsets = np.concatenate([[0], np.cumsum(draws)])
+        offsets = offsets[offsets < total]
     return Ragged(stream, np.append(offsets, total))
 
 

@@ -1,0 +1,358 @@
+"""The prepared (tokenised, sharded) dataset format that `python -m s2s.prepare` writes and
+`data.train_dir` streams.
+
+The layout of the large-scale trainers' indexed datasets (fairseq's / Megatron's `.bin` +
+`.idx`, nanoGPT's and OLMo's flat token files), kept as plain files a user can inspect:
+
+    DIR/manifest.json       what is here (below); written LAST, so its presence means complete
+    DIR/tokenizer.json      the tokenizer the ids belong to
+    DIR/text-00000.bin      token ids, flat (uint16 when the vocabulary fits, else int32); for
+                            text records each document is followed by the separator ("\\n\\n")
+    DIR/text-00000.idx      int64 start offset of each document in the .bin, then the end
+    DIR/input-*.{bin,idx}   pair records: the Inputs ...
+    DIR/target-*.{bin,idx}  ... and the Targets (no separators), document i <-> document i
+
+The manifest holds the format version, record kind, dtype, separator ids, every shard's name,
+documents and tokens, the sources (path, bytes, mtime) and a fingerprint of sources +
+tokenizer + settings (re-running `prepare` with the same fingerprint does nothing).
+
+Safety: shards are written to `NAME.tmp-PID` and renamed when complete, and a re-run removes
+the old manifest before it writes anything, so a killed run leaves a directory without a
+manifest, which `open_prepared` refuses with a message; a shard whose size disagrees with the
+manifest is refused too (naming it). Reads use `os.pread`, one small read per block, so memory
+stays flat however large the corpus is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from s2s.files import new_file_mode, remove_stale_tmp_files
+
+FORMAT = "s2s-prepared"
+VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+STREAMS = {"text": ("text",), "pairs": ("input", "target")}
+
+
+class PreparedError(ValueError):
+    """A prepared directory is missing, incomplete or inconsistent (message names the file)."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str  # file stem: NAME.bin, NAME.idx
+    documents: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    kind: str  # "text" | "pairs"
+    dtype: str  # "uint16" | "int32"
+    separator: list[int]  # ids after every text document (empty for pairs)
+    shards: dict[str, list[Shard]]  # stream name -> its shards, in order
+    documents: int
+    tokens: int
+    sources: list[dict]
+    fingerprint: str
+    tokenizer_sha256: str
+    format: str = FORMAT
+    version: int = VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, path: Path) -> Manifest:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            if raw.get("format") != FORMAT:
+                raise PreparedError(f"{path}: not an s2s prepared dataset manifest")
+            if raw.get("version") != VERSION:
+                raise PreparedError(
+                    f"{path}: format version {raw.get('version')}, this s2s reads {VERSION}: "
+                    "prepare the corpus again"
+                )
+            raw["shards"] = {k: [Shard(**s) for s in v] for k, v in raw["shards"].items()}
+            return cls(**raw)
+        except (OSError, json.JSONDecodeError, TypeError, KeyError, AttributeError) as err:
+            raise PreparedError(f"{path}: unreadable manifest ({err})") from None
+
+
+def is_prepared(path: str | Path) -> bool:
+    """Whether `path` is a directory `prepare` wrote (or was writing)."""
+    path = Path(path)
+    return path.is_dir() and (
+        (path / MANIFEST).is_file() or any(path.glob("*.bin")) or any(path.glob("*.tmp-*"))
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Appends documents to numbered shards of one stream, each at most ~`shard_tokens` long."""
+
+    def __init__(
+        self,
+        directory: Path,
+        stream: str,
+        dtype: np.dtype,
+        separator: Sequence[int],
+        shard_tokens: int,
+    ) -> None:
+        self.directory, self.stream, self.dtype = directory, stream, np.dtype(dtype)
+        self.separator = np.asarray(separator, dtype=self.dtype)
+        self.shard_tokens = shard_tokens
+        self.shards: list[Shard] = []
+        self._pieces: list[np.ndarray] = []
+        self._starts: list[int] = []
+        self._size = 0
+
+    def add(self, documents: Iterable[Sequence[int]]) -> None:
+        for ids in documents:
+            self._starts.append(self._size)
+            piece = np.asarray(ids, dtype=self.dtype)
+            self._pieces.append(piece)
+            self._size += len(piece)
+            if len(self.separator):
+                self._pieces.append(self.separator)
+                self._size += len(self.separator)
+            if self._size >= self.shard_tokens:
+                self._flush()
+
+    def close(self) -> list[Shard]:
+        if self._starts or not self.shards:
+            self._flush()
+        return self.shards
+
+    def _flush(self) -> None:
+        name = f"{self.stream}-{len(self.shards):05d}"
+        tokens = np.concatenate(self._pieces) if self._pieces else np.zeros(0, self.dtype)
+        index = np.asarray([*self._starts, self._size], dtype=np.int64)
+        _write_atomic(self.directory / f"{name}.bin", tokens.tobytes())
+        _write_atomic(self.directory / f"{name}.idx", index.tobytes())
+        self.shards.append(Shard(name, len(self._starts), int(self._size)))
+        self._pieces, self._starts, self._size = [], [], 0
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary that is renamed only once complete."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def begin_writing(directory: Path) -> None:
+    """Invalidate what a re-run will overwrite: the manifest goes first, then old shards."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST).unlink(missing_ok=True)
+    remove_stale_tmp_files(directory)
+    for old in [*directory.glob("*.bin"), *directory.glob("*.idx")]:
+        old.unlink()
+
+
+def finish_writing(directory: Path, manifest: Manifest) -> None:
+    _write_atomic(directory / MANIFEST, manifest.to_json().encode())
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise PreparedError(f"{directory}: no such directory (prepare it: python -m s2s.prepare)")
+    if not path.is_file():
+        raise PreparedError(
+            f"{directory}: no {MANIFEST}: not a prepared dataset, or its `python -m s2s.prepare` "
+            "run did not finish (run it again)"
+        )
+    return Manifest.from_json(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+class TokenFile:
+    """One stream's shards read as one flat array of ids with `os.pread` (files opened lazily,
+    per process, so a reader pickles into DataLoader workers as paths)."""
+
+    def __init__(self, directory: Path, shards: list[Shard], dtype: str) -> None:
+        self.directory, self.shards, self.dtype = directory, shards, np.dtype(dtype)
+        self.starts = np.concatenate([[0], np.cumsum([s.tokens for s in shards])]).astype(np.int64)
+        self.doc_starts = np.concatenate([[0], np.cumsum([s.documents for s in shards])]).astype(
+            np.int64
+        )
+        for shard in shards:
+            for suffix, size in (
+                (".bin", shard.tokens * self.dtype.itemsize),
+                (".idx", (shard.documents + 1) * 8),
+            ):
+                path = directory / f"{shard.name}{suffix}"
+                if not path.is_file():
+                    raise PreparedError(f"{path}: missing (the manifest lists it)")
+                if path.stat().st_size != size:
+                    raise PreparedError(
+                        f"{path}: {path.stat().st_size} bytes, the manifest says {size}: "
+                        "the file is truncated or from another run; prepare again"
+                    )
+        self._fds: dict[str, int] = {}
+        self._pid = -1
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_fds": {}, "_pid": -1}
+
+    @property
+    def tokens(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def documents(self) -> int:
+        return int(self.doc_starts[-1])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """ids[start:stop] of the whole stream (may span shards)."""
+        stop = min(stop, self.tokens)
+        pieces = []
+        shard = int(np.searchsorted(self.starts, start, side="right")) - 1
+        while start < stop:
+            end = min(stop, int(self.starts[shard + 1]))
+            local = start - int(self.starts[shard])
+            pieces.append(self._pread(shard, ".bin", local, end - start, self.dtype))
+            start, shard = end, shard + 1
+        if not pieces:
+            return np.zeros(0, dtype=self.dtype)
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def document(self, index: int, trim: int = 0) -> np.ndarray:
+        """Document `index` (global), without its last `trim` ids (its separator)."""
+        shard = int(np.searchsorted(self.doc_starts, index, side="right")) - 1
+        local = index - int(self.doc_starts[shard])
+        begin, end = self._pread(shard, ".idx", local, 2, np.dtype(np.int64))
+        offset = int(self.starts[shard])
+        return self.read(offset + int(begin), offset + int(end) - trim)
+
+    def document_lengths(self, trim: int = 0) -> np.ndarray:
+        """(documents,) lengths: reads every .idx (8 bytes a document)."""
+        parts = [
+            np.diff(self._pread(i, ".idx", 0, s.documents + 1, np.dtype(np.int64)))
+            for i, s in enumerate(self.shards)
+        ]
+        return (np.concatenate(parts) if parts else np.zeros(0, np.int64)) - trim
+
+    def _pread(self, shard: int, suffix: str, first: int, count: int, dtype: np.dtype):
+        if self._pid != os.getpid():  # a forked worker: its own descriptors
+            self._fds, self._pid = {}, os.getpid()
+        key = self.shards[shard].name + suffix
+        fd = self._fds.get(key)
+        if fd is None:
+            fd = self._fds[key] = os.open(self.directory / key, os.O_RDONLY)
+        size = count * dtype.itemsize
+        data = os.pread(fd, size, first * dtype.itemsize)
+        if len(data) != size:
+            raise PreparedError(f"{self.directory / key}: short read (file changed under us?)")
+        return np.frombuffer(data, dtype=dtype)
+
+
+@dataclass
+class Prepared:
+    """An opened prepared directory: its manifest and one `TokenFile` per stream."""
+
+    directory: Path
+    manifest: Manifest
+    streams: dict[str, TokenFile]
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.directory / TOKENIZER
+
+
+def open_prepared(directory: str | Path) -> Prepared:
+    """Open and check a prepared directory (manifest, tokenizer, shard sizes)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest.kind not in STREAMS or set(manifest.shards) != set(STREAMS[manifest.kind]):
+        raise PreparedError(f"{directory / MANIFEST}: inconsistent kind / streams")
+    if not (directory / TOKENIZER).is_file():
+        raise PreparedError(f"{directory / TOKENIZER}: missing (the manifest needs it)")
+    streams = {
+        name: TokenFile(directory, shards, manifest.dtype)
+        for name, shards in manifest.shards.items()
+    }
+    return Prepared(directory, manifest, streams)
+
+
+class PackedBlocks:
+    """A text stream cut into rows of `block_length` ids: row i = stream[i*L:(i+1)*L].
+
+    The stream is the documents joined by the separator (the trailing one dropped), exactly as
+    `s2s.data.examples.pack` joins in-memory rows, so both paths give the same rows. O(1)
+    memory: nothing is read until a row is asked for.
+    """
+
+    def __init__(self, tokens: TokenFile, block_length: int, separator_length: int) -> None:
+        self.tokens, self.block_length = tokens, block_length
+        self.total = max(0, tokens.tokens - separator_length)
+
+    def __len__(self) -> int:
+        return -(-self.total // self.block_length)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        start = index * self.block_length
+        if not 0 <= start < self.total:
+            raise IndexError(index)
+        return self.tokens.read(start, min(start + self.block_length, self.total))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(rows,) lengths, for samplers that bucket by length (O(rows) memory)."""
+        lengths = np.full(len(self), self.block_length, dtype=np.int64)
+        if len(self):
+            lengths[-1] = self.total - (len(self) - 1) * self.block_length
+        return lengths
+
+
+class Documents:
+    """A stream's documents as rows (pairs, or unpacked text), separator trimmed."""
+
+    def __init__(self, tokens: TokenFile, separator_length: int = 0) -> None:
+        self.tokens, self.trim = tokens, separator_length
+
+    def __len__(self) -> int:
+        return self.tokens.documents
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.tokens.document(index, self.trim)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.tokens.document_lengths(self.trim)

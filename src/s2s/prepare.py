@@ -1,0 +1,292 @@
+"""Prepare a corpus once, stream it in training: `python -m s2s.prepare INPUT... --output DIR`.
+
+    python -m s2s.prepare corpus/*.jsonl.gz --output data/c4-train --workers 8
+    python -m s2s.prepare held-out.jsonl --output data/c4-val --tokenizer data/c4-train
+    python train.py data=stream data.train_dir=data/c4-train data.val_dir=data/c4-val
+
+Reads the inputs (`s2s.data.sources`: JSON/JSONL of either record kind, plain text, Parquet,
+Hugging Face folders or hub names), tokenises them in worker processes, and writes the
+prepared format (`s2s.data.prepared`: shards, tokenizer, manifest). Without --tokenizer a BPE
+tokenizer is trained on the first --sample-documents documents; --tokenizer takes a
+tokenizer.json or another prepared directory (validation data must share the training
+tokenizer). Running again on unchanged inputs and settings does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from s2s.cli import run_cli
+from s2s.data.prepared import (
+    MANIFEST,
+    STREAMS,
+    TOKENIZER,
+    Manifest,
+    PreparedError,
+    ShardWriter,
+    begin_writing,
+    finish_writing,
+    open_prepared,
+    sha256_file,
+)
+from s2s.data.sources import Document, Source, documents, expand
+from s2s.tokenizer import Tokenizer, TokenizerConfig
+
+log = logging.getLogger("s2s.prepare")
+CHUNK = 512  # documents per task sent to a worker
+SEPARATOR = "\n\n"  # between packed documents, as the in-memory data module joins them
+
+
+def prepare(
+    inputs: Sequence[str],
+    output: str | Path,
+    *,
+    tokenizer: str | None = None,
+    workers: int = 1,
+    vocab_size: int = 8192,
+    num_sentinels: int = 100,
+    sample_documents: int = 100_000,
+    shard_tokens: int = 1 << 27,
+    text_field: str | None = None,
+    progress: bool = True,
+) -> Manifest:
+    """Write the prepared dataset of `inputs` to `output` (or find it up to date); its manifest."""
+    output = Path(output)
+    sources = expand(list(inputs))
+    settings = {
+        "tokenizer": _tokenizer_signature(tokenizer, vocab_size, num_sentinels, sample_documents),
+        "shard_tokens": shard_tokens,
+        "text_field": text_field,
+    }
+    fingerprint = _fingerprint([s.signature() for s in sources], settings)
+    if (output / MANIFEST).is_file():
+        try:
+            current = open_prepared(output)
+            if current.manifest.fingerprint == fingerprint:
+                log.info("%s is up to date (same inputs and settings): nothing to do", output)
+                return current.manifest
+        except PreparedError:
+            pass  # damaged: prepare again
+    begin_writing(output)
+    tok = _tokenizer_for(
+        tokenizer, sources, text_field, vocab_size, num_sentinels, sample_documents
+    )
+    tok.save(output / TOKENIZER)
+    dtype = np.dtype(np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32)
+    stream = _all_documents(sources, text_field)
+    first = next(stream, None)
+    if first is None:
+        raise ValueError(f"{', '.join(inputs)}: no documents")
+    kind = "text" if isinstance(first, str) else "pairs"
+    separator = tok.encode(SEPARATOR) if kind == "text" else []
+    writers = {
+        name: ShardWriter(output, name, dtype, separator, shard_tokens) for name in STREAMS[kind]
+    }
+    count = tokens = 0
+    start = time.perf_counter()
+    with _progress(progress) as (bar, task):
+        for chunk in _tokenised(
+            itertools.chain([first], stream), kind, output / TOKENIZER, workers
+        ):
+            for name, ids in zip(STREAMS[kind], chunk, strict=True):
+                writers[name].add(ids)
+                tokens += sum(len(x) for x in ids)
+            count += len(chunk[0])
+            if bar is not None:
+                bar.update(task, completed=count, tokens=tokens)
+    shards = {name: writer.close() for name, writer in writers.items()}
+    manifest = Manifest(
+        kind=kind,
+        dtype=dtype.name,
+        separator=list(separator),
+        shards=shards,
+        documents=count,
+        tokens=sum(s.tokens for streams in shards.values() for s in streams),
+        sources=[s.signature() | {"kind": s.kind} for s in sources],
+        fingerprint=fingerprint,
+        tokenizer_sha256=sha256_file(output / TOKENIZER),
+    )
+    finish_writing(output, manifest)
+    seconds = time.perf_counter() - start
+    log.info(
+        "%s: %d %s documents, %d tokens in %d shard(s), %.1f s (%.0f tokens/s)",
+        output,
+        count,
+        kind,
+        manifest.tokens,
+        sum(len(s) for s in shards.values()),
+        seconds,
+        manifest.tokens / max(seconds, 1e-9),
+    )
+    return manifest
+
+
+def _all_documents(sources: Iterable[Source], text_field: str | None) -> Iterator[Document]:
+    kind = None
+    for source in sources:
+        for doc in documents(source, text_field):
+            this = "text" if isinstance(doc, str) else "pairs"
+            if kind is None:
+                kind = this
+            elif this != kind:
+                raise ValueError(
+                    f"{source.name}: holds {this} records after {kind} records in the inputs "
+                    "before it: prepare text and pairs into separate directories"
+                )
+            yield doc
+
+
+def _tokenised(
+    docs: Iterator[Document], kind: str, tokenizer_path: Path, workers: int
+) -> Iterator[tuple[list[list[int]], ...]]:
+    """Chunks of token ids per stream, in input order, tokenised in `workers` processes."""
+    chunks = (list(itertools.islice(docs, CHUNK)) for _ in itertools.count())
+    chunks = itertools.takewhile(bool, chunks)
+    if workers <= 1:
+        _init_worker(tokenizer_path)
+        yield from map(_encode_chunk, chunks)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
+    with context.Pool(workers, _init_worker, (tokenizer_path,)) as pool:
+        yield from pool.imap(_encode_chunk, chunks, chunksize=1)
+
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _init_worker(tokenizer_path: Path) -> None:
+    global _WORKER_TOKENIZER
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _WORKER_TOKENIZER = Tokenizer.load(tokenizer_path)
+
+
+def _encode_chunk(chunk: list[Document]) -> tuple[list[list[int]], ...]:
+    assert _WORKER_TOKENIZER is not None
+    if isinstance(chunk[0], str):
+        return (_WORKER_TOKENIZER.encode_batch(chunk),)
+    inputs, targets = zip(*chunk, strict=True)
+    return _WORKER_TOKENIZER.encode_batch(list(inputs)), _WORKER_TOKENIZER.encode_batch(
+        list(targets)
+    )
+
+
+def _tokenizer_for(
+    given: str | None,
+    sources: list[Source],
+    text_field: str | None,
+    vocab_size: int,
+    num_sentinels: int,
+    sample_documents: int,
+) -> Tokenizer:
+    if given:
+        return Tokenizer.load(_tokenizer_file(given))
+    sample: list[str] = []
+    for doc in itertools.islice(_all_documents(sources, text_field), sample_documents):
+        sample.extend([doc] if isinstance(doc, str) else doc)
+    config = TokenizerConfig(vocab_size=vocab_size, num_sentinels=num_sentinels)
+    start = time.perf_counter()
+    tok = Tokenizer.from_config(config, sample)
+    log.info(
+        "trained a %d-token tokenizer on %d texts in %.1f s",
+        tok.vocab_size,
+        len(sample),
+        time.perf_counter() - start,
+    )
+    return tok
+
+
+def _tokenizer_file(given: str) -> Path:
+    path = Path(given)
+    if path.is_dir():
+        path = path / TOKENIZER
+    if not path.is_file():
+        raise ValueError(f"--tokenizer {given}: no tokenizer.json there")
+    return path
+
+
+def _tokenizer_signature(given, vocab_size, num_sentinels, sample_documents) -> dict:
+    if given:
+        return {"sha256": sha256_file(_tokenizer_file(given))}
+    return {"vocab_size": vocab_size, "sentinels": num_sentinels, "sample": sample_documents}
+
+
+def _fingerprint(signatures: list[dict], settings: dict) -> str:
+    blob = json.dumps({"sources": signatures, "settings": settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+class _progress:
+    """A rich progress line (documents, tokens, rate), or nothing."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return None, None
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            SpinnerColumn(),
+            TextColumn("tokenising: {task.completed:,} documents, {task.fields[tokens]:,} tokens"),
+            TimeElapsedColumn(),
+        )
+        self.bar.__enter__()
+        return self.bar, self.bar.add_task("prepare", total=None, tokens=0)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m s2s.prepare",
+        description="Tokenise corpora into a sharded dataset that training streams "
+        "(data=stream data.train_dir=DIR).",
+    )
+    parser.add_argument("inputs", nargs="+", help="files, directories, or hf:NAME[:CONFIG][@SPLIT]")
+    parser.add_argument("--output", required=True, help="the prepared directory to write")
+    parser.add_argument("--tokenizer", help="a tokenizer.json, or a prepared directory to share")
+    parser.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) - 1)))
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--num-sentinels", type=int, default=100)
+    parser.add_argument(
+        "--sample-documents",
+        type=int,
+        default=100_000,
+        help="documents the tokenizer is trained on (without --tokenizer)",
+    )
+    parser.add_argument("--shard-tokens", type=int, default=1 << 27, help="tokens per shard")
+    parser.add_argument("--text-field", help="the text field of JSONL/Parquet/HF records")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    job = partial(
+        prepare,
+        tokenizer=args.tokenizer,
+        workers=args.workers,
+        vocab_size=args.vocab_size,
+        num_sentinels=args.num_sentinels,
+        sample_documents=args.sample_documents,
+        shard_tokens=args.shard_tokens,
+        text_field=args.text_field,
+        progress=not args.no_progress,
+    )
+    run_cli(job, args.inputs, args.output)
+
+
+if __name__ == "__main__":
+    main()
