@@ -205,7 +205,7 @@ def test_same_seed_same_losses_other_seed_other_losses(tiny_data, tmp_path):
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONPATH": str(REPO / "tests")}
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])}
     if "-m" not in args:  # keep Hydra's own run directory out of the repository
         args = [*args, f"hydra.run.dir={cwd / 'hydra'}"]
     return subprocess.run(
@@ -287,7 +287,7 @@ def test_sigkill_loses_only_steps_since_the_last_checkpoint(tiny_data, tmp_path)
         "callbacks.last_checkpoint.every_n_train_steps=2",
         f"hydra.run.dir={tmp_path / 'hydra'}",
     ]
-    env = os.environ | {"PYTHONPATH": str(REPO / "tests")}
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])}
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=tmp_path,

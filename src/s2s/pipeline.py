@@ -179,14 +179,20 @@ def check_same_architecture(config: ModelConfig, pretrained: ModelConfig, source
 
 
 def _check_data_paths(cfg: DictConfig) -> None:
-    """Training and validation files must be named (before any tokenizer or model work)."""
-    usage = "python train.py data=custom data.train_path=FILE data.val_path=FILE"
+    """Training and validation data must be named (before any tokenizer or model work)."""
+    usage = (
+        "python train.py data=custom data.train_path=FILE data.val_path=FILE, or a directory "
+        "from `python -m s2s.prepare`: data=stream data.train_dir=DIR data.val_dir=DIR"
+    )
     if not cfg.data.get("train_path") and not cfg.data.get("train_dir"):
-        raise ValueError(f"data.train_path is not set: give the training file ({usage})")
+        raise ValueError(
+            f"data.train_path is not set (nor data.train_dir): give the training data ({usage})"
+        )
     if not cfg.data.get("val_path") and not cfg.data.get("val_dir"):
         raise ValueError(
-            "data.val_path is not set: training validates every trainer.val_check_interval "
-            f"steps and keeps the best checkpoint by val/loss; give a held-out file ({usage})"
+            "data.val_path is not set (nor data.val_dir): training validates every "
+            "trainer.val_check_interval steps and keeps the best checkpoint by val/loss; give "
+            f"held-out data ({usage})"
         )
 
 

@@ -1,0 +1,95 @@
+"""Training on a prepared (streamed) corpus: data=stream, exact resume (twice, across an epoch
+boundary, with another num_workers), and DDP ranks on disjoint blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from recording import read_records
+from test_train import compose_train, overrides_for, record, run_cli, tiny_data  # noqa: F401
+
+from s2s.pipeline import train
+from s2s.prepare import prepare
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_data, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+    """The tiny text data prepared: train with its own tokenizer, val sharing it."""
+    out = tmp_path_factory.mktemp("prepared")
+    prepare([str(tiny_data["text_train"])], out / "train", vocab_size=600, num_sentinels=16,
+            shard_tokens=700, progress=False)  # fmt: skip
+    prepare([str(tiny_data["text_val"])], out / "val", tokenizer=str(out / "train"),
+            progress=False)  # fmt: skip
+    return {"train": out / "train", "val": out / "val"}
+
+
+def stream_overrides(tiny_data, prepared, tmp_path: Path) -> list[str]:  # noqa: F811
+    return [
+        *overrides_for(tiny_data, tmp_path),
+        "data=stream",
+        "data.train_path=null",
+        "data.val_path=null",
+        f"data.train_dir={prepared['train']}",
+        f"data.val_dir={prepared['val']}",
+    ]
+
+
+def test_stream_training_resumes_exactly_twice_and_across_an_epoch(
+    tiny_data,  # noqa: F811
+    prepared,
+    tmp_path,
+):
+    common = [
+        *stream_overrides(tiny_data, prepared, tmp_path),
+        "data.batch_size=16",  # 9 batches an epoch: the run crosses into the second
+        "trainer.max_steps=16",
+        "scheduler.total_steps=16",
+        "callbacks.last_checkpoint.every_n_train_steps=5",
+        "trainer.val_check_interval=5",
+    ]
+    full = tmp_path / "full.json"
+    train(compose_train([*common, *record(full), f"paths.output_dir={tmp_path / 'a'}"]))
+    uninterrupted = {r["step"]: r for r in read_records(full)}
+    epochs = {r["epoch"] for r in uninterrupted.values()}
+    assert len(epochs) >= 2  # the run crosses an epoch boundary
+    # Interrupted at step 5, resumed to 10 with a worker process, resumed again with none.
+    part = tmp_path / "part.json"
+    run = [*common, *record(part), f"paths.output_dir={tmp_path / 'b'}"]
+    last = f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"
+    train(compose_train([*run, "trainer.max_steps=5"]))
+    train(compose_train([*run, "trainer.max_steps=10", "data.num_workers=1", last]))
+    train(compose_train([*run, last]))
+    resumed = {r["step"]: r for r in read_records(part)}
+    assert sorted(resumed) == sorted(uninterrupted) == list(range(1, 17))
+    for step in range(1, 17):
+        assert resumed[step]["rows"] == uninterrupted[step]["rows"], step
+        assert resumed[step]["inputs"] == uninterrupted[step]["inputs"], step  # same noise
+        assert resumed[step]["loss"] == pytest.approx(uninterrupted[step]["loss"], rel=1e-5), step
+
+
+def test_stream_ddp_ranks_read_disjoint_blocks_in_equal_numbers(
+    tiny_data,  # noqa: F811
+    prepared,
+    tmp_path,
+):
+    path = tmp_path / "ddp.json"
+    args = [
+        *stream_overrides(tiny_data, prepared, tmp_path),
+        *record(path),
+        "trainer=ddp_cpu",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+    ]
+    done = run_cli(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [read_records(path, rank) for rank in (0, 1)]
+    assert [len(r) for r in ranks] == [3, 3]
+    rows = [{row for step in r for row in step["rows"]} for r in ranks]
+    assert rows[0] and rows[1] and not rows[0] & rows[1]
+
+
+def test_stream_without_directories_is_one_clear_error(tiny_data, tmp_path):  # noqa: F811
+    overrides = [*overrides_for(tiny_data, tmp_path), "data=stream", "data.train_path=null"]
+    with pytest.raises(ValueError, match=r"data.train_path is not set \(nor data.train_dir\)"):
+        train(compose_train(overrides))
