@@ -21,6 +21,7 @@ PRESET_PARAMETERS = {
     "base": 204_519_936,
     "t5_small": 60_506_624,  # HF google-t5/t5-small: 60,506,624
     "bart_base": 139_417_344,  # HF bart-base: 139,420,416 incl. 2 unused rows x 2 tables
+    "t5_v1_1_base": 247_577_856,  # HF google/t5-v1_1-base: 247,577,856
 }
 
 

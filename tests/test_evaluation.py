@@ -89,6 +89,13 @@ def test_the_fill_is_judged_only_inside_the_mask():
     assert longer.copied and not longer.filled
     empty = score_line("So foul and fair I have not seen.", line)
     assert empty.copied and not empty.filled
+    punctuation = score_line("So foul and fair, I  have not seen.", line)  # a fill of ","
+    assert punctuation.copied and not punctuation.filled
+    for glued in ("So foul and fairest I have not seen.", "So foul and fair aI have not seen."):
+        assert not score_line(glued, line).copied  # a neighbour word changed
+    first = MaskedLine("Not cast aside so soon.", start=0, length=1)
+    assert score_line("Do not cast aside so soon.", first).copied
+    assert not score_line("Docast aside so soon.", first).copied
 
 
 def test_masked_lines_are_the_same_in_every_run_and_change_with_the_seed():

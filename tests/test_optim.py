@@ -8,7 +8,7 @@ import pytest
 import torch
 from model_fixtures import tiny_model
 
-from s2s.optim import adamw, lr_factor, warmup_schedule
+from s2s.optim import AdamWScale, adamw, adamw_scale, lr_factor, warmup_schedule
 
 
 @pytest.mark.parametrize("positions", ["learned", "t5_relative"])
@@ -92,3 +92,33 @@ def test_bad_schedule_settings_name_the_key(bad, key):
     optimizer = adamw(tiny_model(), lr=1e-3)
     with pytest.raises(ValueError, match=key):
         warmup_schedule(optimizer, **bad)
+
+
+def test_adamw_scale_steps_each_tensor_by_its_own_rms():
+    torch.manual_seed(0)
+    big, zero = torch.nn.Parameter(torch.randn(8, 8) * 3), torch.nn.Parameter(torch.zeros(8))
+    reference = torch.nn.Parameter(big.detach().clone())
+    grads = [torch.randn(8, 8), torch.randn(8)]
+    ours = AdamWScale([big, zero], lr=1e-2, min_scale=1e-3)
+    plain = torch.optim.AdamW([reference], lr=1e-2, betas=(0.9, 0.999), weight_decay=0.0)
+    rms = big.detach().pow(2).mean().sqrt()
+    before = big.detach().clone()
+    for _ in range(3):
+        big.grad, zero.grad, reference.grad = grads[0], grads[1], grads[0].clone()
+        rms = big.detach().pow(2).mean().sqrt()
+        start, start_ref = big.detach().clone(), reference.detach().clone()
+        ours.step()
+        plain.step()
+        # the same Adam direction, times this tensor's RMS
+        torch.testing.assert_close(big - start, (reference - start_ref) * rms)
+    assert not torch.equal(big, before)
+    assert zero.abs().max() <= 3 * 1e-2 * 1e-3 + 1e-9 and zero.abs().max() > 0  # floor: moves
+
+
+def test_adamw_scale_uses_the_adamw_parameter_groups():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4))
+    optimizer = adamw_scale(model, lr=2e-2, weight_decay=0.1)
+    assert isinstance(optimizer, AdamWScale)
+    assert [len(g["params"]) for g in optimizer.param_groups] == [1, 2]  # Linear.weight decays
+    with pytest.raises(ValueError, match="optimizer.lr"):
+        adamw_scale(model, lr=0.0)

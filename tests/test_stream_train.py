@@ -6,21 +6,37 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from recording import read_records
-from test_train import compose_train, overrides_for, record, run_cli, tiny_data  # noqa: F401
+from test_train import (  # noqa: F401
+    TINY_MODEL,
+    compose_train,
+    overrides_for,
+    record,
+    run_cli,
+    tiny_data,
+)
 
+from s2s.data.config import DataConfig
 from s2s.pipeline import train
 from s2s.prepare import prepare
+
+PATHS = {"train_dir": "x", "val_dir": "x"}
 
 
 @pytest.fixture(scope="module")
 def prepared(tiny_data, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
     """The tiny text data prepared: train with its own tokenizer, val sharing it."""
     out = tmp_path_factory.mktemp("prepared")
-    prepare([str(tiny_data["text_train"])], out / "train", vocab_size=600, num_sentinels=16,
-            shard_tokens=700, progress=False)  # fmt: skip
-    prepare([str(tiny_data["text_val"])], out / "val", tokenizer=str(out / "train"),
-            progress=False)  # fmt: skip
+    prepare(
+        [str(tiny_data["text_train"])],
+        out / "train",
+        vocab_size=600,
+        num_sentinels=16,
+        shard_tokens=700,
+        progress=False,
+    )
+    prepare([str(tiny_data["text_val"])], out / "val", tokenizer=str(out / "train"), progress=False)
     return {"train": out / "train", "val": out / "val"}
 
 
@@ -93,3 +109,44 @@ def test_stream_without_directories_is_one_clear_error(tiny_data, tmp_path):  # 
     overrides = [*overrides_for(tiny_data, tmp_path), "data=stream", "data.train_path=null"]
     with pytest.raises(ValueError, match=r"data.train_path is not set \(nor data.train_dir\)"):
         train(compose_train(overrides))
+
+
+def test_t5_base_c4_is_nanot5s_recipe_and_runs_on_a_prepared_corpus(
+    tiny_data,  # noqa: F811
+    prepared,
+    tmp_path,
+):
+    cfg = compose_train(["experiment=t5_base_c4"])
+    data = DataConfig.from_dict(OmegaConf.to_container(cfg.data, resolve=True) | PATHS)
+    assert data.t5_lengths == (568, 114)  # 568 raw tokens -> 512 inputs, 114 targets
+    assert (data.batch_size, cfg.trainer.max_steps, cfg.trainer.precision) == (
+        128,
+        65536,
+        "bf16-mixed",
+    )
+    assert (cfg.optimizer.lr, cfg.scheduler.warmup_steps) == (2e-2, 10000)
+    assert cfg.optimizer._target_ == "s2s.optim.adamw_scale" and cfg.model.dropout == 0.0
+    assert (cfg.model.d_model, cfg.model.n_encoder_layers, cfg.model.tie_embeddings) == (
+        768,
+        12,
+        False,
+    )
+    # The CPU smoke variant: the same experiment, shrunk, on the tiny prepared corpus.
+    smoke = [
+        "experiment=t5_base_c4",
+        *stream_overrides(tiny_data, prepared, tmp_path)[len(TINY_MODEL) :],
+        *TINY_MODEL,
+        "model.d_head=16",
+        "trainer=cpu",
+        "data.max_source_length=32",
+        "data.max_target_length=16",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "scheduler.warmup_steps=1",
+        "callbacks.last_checkpoint.every_n_train_steps=3",
+    ]
+    result = train(compose_train(smoke))
+    assert result["metrics"]["val/loss"] > 0
+    assert Path(result["last_checkpoint"]).is_file()

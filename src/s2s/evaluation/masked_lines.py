@@ -8,8 +8,10 @@ The probe (pure functions, no model): take single lines of held-out text, replac
     output     Never was such a strange scholar made;   copied: yes   filled: no
 
 - copied: the output starts with every word before the span and ends with every word after it,
-  exactly (whitespace-split words, case and punctuation included). Dropping, adding or
-  changing any word outside the mask fails the line; what stands at the mask is not judged.
+  exactly (case and punctuation included; runs of whitespace count as one space). Dropping,
+  adding or changing any word outside the mask fails the line; what stands at the mask is not
+  judged, even punctuation that touches a neighbour ("Not cast, soon." copies "Not cast <mask>
+  soon."), but letters glued onto a neighbour change that word ("Not castle soon." does not).
 - filled: the output equals the original line word for word (copied, and the masked words
   came back exactly).
 - chrF (Popovic 2015, sacrebleu's implementation) of the outputs against the original lines:
@@ -125,16 +127,27 @@ def make_masked_lines(texts: Iterable[str], n: int, seed: int = 0) -> list[Maske
 
 
 def score_line(output: str, line: MaskedLine) -> LineScore:
-    """Word-level comparison of one output with the original line around and inside the mask."""
-    out, words = output.split(), line.words
-    before = words[: line.start]
-    after = words[line.start + line.length :]
-    copied = (
-        len(out) >= len(before) + len(after)
-        and out[: len(before)] == before
-        and out[len(out) - len(after) :] == after
-    )
-    return LineScore(copied=copied, filled=copied and out == words)
+    """Compare one output with the original line around and inside the mask."""
+    out, words = " ".join(output.split()), line.words
+    before = " ".join(words[: line.start])
+    after = " ".join(words[line.start + line.length :])
+    copied = _keeps_around(out, before, after)
+    return LineScore(copied=copied, filled=copied and out.split() == words)
+
+
+def _keeps_around(out: str, before: str, after: str) -> bool:
+    """`out` is `before` + a fill + `after`, and the fill does not run into a copied word.
+
+    Compared as text, not as whitespace-split words, so that a fill of punctuation ("Not cast,
+    soon." for "Not cast <mask> soon.") does not count as changing the word beside it; a fill
+    that glues letters onto it ("castle") does.
+    """
+    fill_start, fill_end = len(before), len(out) - len(after)
+    if fill_start > fill_end or not (out.startswith(before) and out.endswith(after)):
+        return False
+    if before and fill_start < len(out) and out[fill_start].isalnum():
+        return False
+    return not (after and fill_end > 0 and out[fill_end - 1].isalnum())
 
 
 def score(outputs: Sequence[str], lines: Sequence[MaskedLine]) -> DenoiseScores:
