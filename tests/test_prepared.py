@@ -116,8 +116,9 @@ def test_sources_jsonl_gz_text_and_directories(tokenizer, tok_file, write, tmp_p
     with gzip.open(gz, "wt") as handle:
         handle.write("\n".join(json.dumps({"text": t}) for t in corpus[:10]))
     write("in/b.txt", "\n\n".join(corpus[10:]) + "\n")
-    manifest = prepare([str(tmp_path / "in")], tmp_path / "out", tokenizer=str(tok_file),
-                       progress=False)  # fmt: skip
+    manifest = prepare(
+        [str(tmp_path / "in")], tmp_path / "out", tokenizer=str(tok_file), progress=False
+    )
     assert manifest.documents == 30
     prepared = open_prepared(tmp_path / "out")
     dm = data_module(
@@ -167,12 +168,27 @@ def test_incomplete_or_damaged_directories_are_refused_by_name(tok_file, text_js
 
 def test_validation_data_must_share_the_training_tokenizer(tokenizer, corpus, text_json, tmp_path):
     other = tokenizer.train(corpus[:40], vocab_size=520, num_sentinels=8, min_frequency=1)
-    prepare([str(text_json)], tmp_path / "train", tokenizer=None, vocab_size=600,
-            sample_documents=300, progress=False)  # fmt: skip
-    prepare([str(text_json)], tmp_path / "val", tokenizer=str(other.save(tmp_path / "o.json")),
-            progress=False)  # fmt: skip
-    config = DataConfig(train_dir=str(tmp_path / "train"), val_dir=str(tmp_path / "val"),
-                        num_workers=0, max_source_length=24, max_target_length=24)  # fmt: skip
+    prepare(
+        [str(text_json)],
+        tmp_path / "train",
+        tokenizer=None,
+        vocab_size=600,
+        sample_documents=300,
+        progress=False,
+    )
+    prepare(
+        [str(text_json)],
+        tmp_path / "val",
+        tokenizer=str(other.save(tmp_path / "o.json")),
+        progress=False,
+    )
+    config = DataConfig(
+        train_dir=str(tmp_path / "train"),
+        val_dir=str(tmp_path / "val"),
+        num_workers=0,
+        max_source_length=24,
+        max_target_length=24,
+    )
     with pytest.raises(PreparedError, match="another tokenizer"):
         S2SDataModule(config).setup("fit")
     # --tokenizer DIR shares the training directory's tokenizer: accepted
@@ -226,8 +242,9 @@ def test_reader_opens_shards_lazily_and_pickles_without_descriptors(
 ):
     corpus = texts(400, seed=4)
     path = write("big.jsonl", "\n".join(json.dumps({"Text": t}) for t in corpus))
-    prepare([str(path)], tmp_path / "big", tokenizer=str(tok_file), shard_tokens=512,
-            progress=False)  # fmt: skip
+    prepare(
+        [str(path)], tmp_path / "big", tokenizer=str(tok_file), shard_tokens=512, progress=False
+    )
     text = open_prepared(tmp_path / "big").streams["text"]
     assert len(text.shards) > 10 and not text._fds  # nothing opened until a read
     doc = text.document(200, trim=2)
@@ -235,3 +252,24 @@ def test_reader_opens_shards_lazily_and_pickles_without_descriptors(
     assert len(text._fds) == 2  # one .idx and one .bin: not every shard
     clone = pickle.loads(pickle.dumps(text))  # what a DataLoader worker receives
     assert not clone._fds and clone.document(200, trim=2).tolist() == doc.tolist()
+
+
+def test_parquet_and_hugging_face_folders_are_inputs(tokenizer, tok_file, tmp_path):
+    datasets = pytest.importorskip("datasets")  # a dev dependency: present in CI
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus = texts(40, seed=5)
+    pq.write_table(pa.table({"text": corpus[:20], "id": list(range(20))}), tmp_path / "a.parquet")
+    datasets.Dataset.from_dict({"Text": corpus[20:]}).save_to_disk(str(tmp_path / "hf"))
+    inputs = [str(tmp_path / "a.parquet"), str(tmp_path / "hf")]
+    manifest = prepare(inputs, tmp_path / "out", tokenizer=str(tok_file), progress=False)
+    assert manifest.documents == 40
+    assert [s["kind"] for s in manifest.sources] == ["file", "hf_folder"]
+    dm = data_module(
+        tokenizer, tmp_path, train_dir=str(tmp_path / "out"), val_dir=str(tmp_path / "out")
+    )
+    assert dm.document_texts("val", 40) == corpus
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "b.parquet")
+    with pytest.raises(RecordError, match=r"b.parquet: no column Text/text"):
+        prepare([str(tmp_path / "b.parquet")], tmp_path / "o2", tokenizer=str(tok_file))

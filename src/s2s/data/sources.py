@@ -129,16 +129,16 @@ def _jsonl(path: Path, text_field: str | None) -> Iterator[Document]:
         raise RecordError(path, f"cannot read the file ({err})") from None
 
 
-def _document(path: Path, record: Any, text_field: str | None, **where: int) -> Document:
-    if not isinstance(record, dict):
-        raise RecordError(path, f"expected an object, got {type(record).__name__}", **where)
+def _document(path: Path, item: Any, text_field: str | None, **where: int) -> Document:
+    if not isinstance(item, dict):
+        raise RecordError(path, f"expected an object, got {type(item).__name__}", **where)
     fields = (text_field,) if text_field else TEXT_FIELDS
     for key in fields:
-        if key in record:
-            return _string(path, record, key, where)
-    if INPUT_KEY in record or TARGET_KEY in record:
-        return _string(path, record, INPUT_KEY, where), _string(path, record, TARGET_KEY, where)
-    keys = ", ".join(sorted(map(str, record))[:6])
+        if key in item:
+            return _string(path, item, key, where)
+    if INPUT_KEY in item or TARGET_KEY in item:
+        return _string(path, item, INPUT_KEY, where), _string(path, item, TARGET_KEY, where)
+    keys = ", ".join(sorted(map(str, item))[:6])
     raise RecordError(
         path,
         f"no text field: expected {' or '.join(fields)} (or Input + Target); it has: {keys}",
