@@ -120,5 +120,5 @@ def test_adamw_scale_uses_the_adamw_parameter_groups():
     optimizer = adamw_scale(model, lr=2e-2, weight_decay=0.1)
     assert isinstance(optimizer, AdamWScale)
     assert [len(g["params"]) for g in optimizer.param_groups] == [1, 2]  # Linear.weight decays
-    with pytest.raises(ValueError, match="optimizer.lr"):
+    with pytest.raises(ValueError, match=r"optimizer\.lr"):
         adamw_scale(model, lr=0.0)
