@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from unittest import mock
 
 import torch
 from torch import Tensor
 
-from s2s import ModelConfig
+from s2s import ModelConfig, kernels
 from s2s.model import Seq2SeqTransformer
 
 POSITIONS = ("learned", "sinusoidal", "t5_relative", "rotary", "none")
@@ -37,6 +39,17 @@ def tiny_model(seed: int = 0, **overrides) -> Seq2SeqTransformer:
     return Seq2SeqTransformer(tiny_config(**overrides)).eval()
 
 
+def with_kernels(model: Seq2SeqTransformer) -> Seq2SeqTransformer:
+    """`kernels.install(model)` whatever S2S_KERNELS says (for the kernels' own tests)."""
+    with mock.patch.dict(os.environ, {kernels.ENV: "1"}):
+        return kernels.install(model)
+
+
+def kernel_model(seed: int = 0, **overrides) -> Seq2SeqTransformer:
+    """`tiny_model` with the kernel twins installed."""
+    return with_kernels(tiny_model(seed, **overrides))
+
+
 @dataclass
 class Batch:
     input_ids: Tensor  # (B, S)
@@ -61,3 +74,17 @@ def padded_batch(
     src, src_mask = side(src_lengths)
     tgt, tgt_mask = side(tgt_lengths)
     return Batch(src, src_mask, tgt, tgt_mask)
+
+
+def decode_step_by_step(model, batch, first_chunk=1, capacity=0):
+    """Logits of decoding `batch`'s targets: a first chunk, then one token a call."""
+    memory = model.encode(batch.input_ids, batch.attention_mask)
+    ids = batch.decoder_input_ids
+    cache = model.new_cache(capacity)
+    out = model.decode(ids[:, :first_chunk], memory, batch.attention_mask, cache=cache)
+    pieces, cache = [out.logits], out.cache
+    for t in range(first_chunk, ids.shape[1]):
+        out = model.decode(ids[:, t : t + 1], memory, batch.attention_mask, cache=cache)
+        assert out.cache is cache and cache.offset == t + 1
+        pieces.append(out.logits)
+    return torch.cat(pieces, dim=1), cache

@@ -77,7 +77,8 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
     if prompts is not None:
         check_output_file(Path(cfg.input_file), Path(cfg.output_file), bool(cfg.overwrite))
 
-    from s2s.bundle import load_pretrained  # torch and the model: after the cheap checks
+    from s2s import kernels  # torch and the model: after the cheap checks
+    from s2s.bundle import load_pretrained
 
     model, tokenizer = load_pretrained(cfg.ckpt)
     generator = TextGenerator(
@@ -89,7 +90,7 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
         device=str(cfg.device),
     )
     # the weights never change here, so decoding layouts are made once, not once per batch
-    with model.decoding_session():
+    with kernels.decoding_session(model):
         if cfg.prompt is not None:
             print(generator([str(cfg.prompt)])[0], file=stdout)
         elif prompts is not None:

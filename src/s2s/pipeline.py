@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from s2s import kernels
 from s2s.bundle import load_weights, read_pretrained
 from s2s.checkpoint import CheckpointError, LoadedCheckpoint, read_checkpoint
 from s2s.checkpoint_io import AtomicCheckpointIO
@@ -87,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_same_architecture(model_config, resumed.config, f"ckpt_path={ckpt_path}")
     if pretrained is not None:
         check_same_architecture(model_config, pretrained.config, f"init_from={cfg.init_from}")
-    model = Seq2SeqTransformer(model_config)
+    model = kernels.install(Seq2SeqTransformer(model_config))  # S2S_KERNELS=0: plain
     if pretrained is not None and resumed is None:  # a resume restores its own weights
         load_weights(model, pretrained.state_dict, pretrained.source)
         log.info("initialised from %s", cfg.init_from)
