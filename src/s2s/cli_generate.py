@@ -19,6 +19,7 @@ from typing import TextIO
 from omegaconf import DictConfig, OmegaConf
 
 from s2s.cli import cli_status
+from s2s.files import atomic_write
 from s2s.generation.config import GenerationConfig
 from s2s.generation.text import TextGenerator
 
@@ -162,15 +163,12 @@ def generate_file(
 
 
 def write_jsonl(path: Path, prompts: Prompts, outputs: Sequence[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_write(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for i, (source, output) in enumerate(zip(prompts.inputs, outputs, strict=True)):
             row = {"input": source, "output": output}
             if prompts.targets is not None:
                 row["target"] = prompts.targets[i]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def format_metrics(outputs: Sequence[str], targets: Sequence[str]) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from s2s.data.objectives import build_objective
 from s2s.data.records import read_records
 from s2s.data.synthetic import CopyWarmup
 from s2s.evaluation.masked_lines import MaskedLine, make_masked_lines
-from s2s.files import remove_stale_tmp_files
+from s2s.files import atomic_write, remove_stale_tmp_files
 from s2s.lit_module import EvalConfig, Seq2SeqLitModule
 from s2s.model import Seq2SeqTransformer
 from s2s.paths import project_root  # noqa: F401  (registers ${s2s_root:})
@@ -291,15 +290,13 @@ def _save_run_files(
     if not trainer.is_global_zero:
         return
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    _write_atomic(output_dir / "model_config.json", json.dumps(config.to_dict(), indent=2))
+    for name, text in (
+        ("config.yaml", OmegaConf.to_yaml(cfg, resolve=True)),
+        ("model_config.json", json.dumps(config.to_dict(), indent=2)),
+    ):
+        with atomic_write(output_dir / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     tokenizer.save(output_dir / "tokenizer.json")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _report(result: dict[str, Any], trainer: L.Trainer) -> None:
