@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.model import PRESETS, load_preset
 from omegaconf import OmegaConf
 
 from s2s import ModelConfig
 from s2s.model import Seq2SeqTransformer
-
-PRESETS = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 # Parameter counts of the presets at the vocab sizes in their YAML files.
 PRESET_PARAMETERS = {
@@ -22,10 +20,6 @@ PRESET_PARAMETERS = {
     "t5_small": 60_506_624,  # HF google-t5/t5-small: 60,506,624
     "bart_base": 139_417_344,  # HF bart-base: 139,420,416 incl. 2 unused rows x 2 tables
 }
-
-
-def load_preset(name: str) -> ModelConfig:
-    return ModelConfig.from_dict(OmegaConf.to_container(OmegaConf.load(PRESETS / f"{name}.yaml")))
 
 
 def test_defaults_are_valid_and_resolve_head_dim():

@@ -17,8 +17,7 @@ import copy
 import pytest
 import torch
 import transformers
-from model_fixtures import padded_batch, with_kernels
-from test_hf_parity import jitter
+from helpers.model import jitter, padded_batch, with_kernels
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,

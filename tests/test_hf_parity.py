@@ -12,8 +12,7 @@ import dataclasses
 
 import pytest
 import torch
-from model_fixtures import padded_batch, with_kernels
-from test_config import load_preset
+from helpers.model import jitter, load_preset, padded_batch, with_kernels
 from torch import nn
 from transformers import (
     BartConfig,
@@ -49,18 +48,6 @@ BART_SHAPES = {
     ),
 }  # fmt: skip
 SRC_LENGTHS, TGT_LENGTHS = (13, 9, 3, 1), (11, 6, 11, 2)
-
-
-def jitter(model: nn.Module, seed: int) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.2 * torch.randn(p.shape, generator=gen))
-        if getattr(model, "final_logits_bias", None) is not None:
-            bias = model.final_logits_bias
-            bias.copy_(0.2 * torch.randn(bias.shape, generator=gen))
-    return model.eval()
 
 
 def make_t5(shape: str, version: str, untied_head: bool = False) -> T5ForConditionalGeneration:

@@ -11,7 +11,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from model_fixtures import POSITIONS, kernel_model, padded_batch, tiny_model, with_kernels
+from helpers.model import POSITIONS, kernel_model, padded_batch, tiny_model, with_kernels
 from torch import nn
 
 import s2s.kernels.pages as pages

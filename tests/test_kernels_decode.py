@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_fixtures import POSITIONS, VOCAB, decode_step_by_step, kernel_model, padded_batch
+from helpers.model import POSITIONS, VOCAB, decode_step_by_step, kernel_model, padded_batch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 import s2s.kernels.decode_step as decode_step

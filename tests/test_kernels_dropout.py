@@ -72,6 +72,7 @@ def test_bad_probability_is_rejected():
         Dropout(1.0)
 
 
+@pytest.mark.slow  # torch.compile
 def test_compiles_as_one_graph_with_dynamic_shapes():
     torch.compiler.reset()
     compiled = torch.compile(lambda x: dropout(x, 0.1, training=True), dynamic=True, fullgraph=True)

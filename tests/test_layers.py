@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from model_fixtures import tiny_config
+from helpers.model import tiny_config
 
 from s2s.model.attention import AttentionMask, build_mask
 from s2s.model.feedforward import FeedForward

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from model_fixtures import (
+from helpers.model import (
     POSITIONS,
     VOCAB,
     decode_step_by_step,
@@ -150,6 +150,7 @@ def copy_accuracy(model, steps, length=12, batch=16, seed=0):
     return (predicted == labels).float().mean().item()
 
 
+@pytest.mark.slow  # a long training loop
 def test_rotary_cross_attention_learns_to_copy_where_plain_rotary_does_not():
     # Cross-attention without positions must first learn a content-based way to find the
     # next source token; with target - source positions in its scores, copying is immediate.
@@ -195,6 +196,7 @@ def test_every_positional_scheme_trains(positions):
         assert p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.slow  # a long training loop
 def test_tiny_model_overfits_one_batch():
     model = tiny_model(seed=0, d_model=32, d_ff=64, n_heads=2).train()
     gen = torch.Generator().manual_seed(0)

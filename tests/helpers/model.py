@@ -1,20 +1,23 @@
-"""Helpers shared by the model tests: tiny configs and padded batches (all seeded)."""
+"""Model helpers: tiny configs and models, padded batches (all seeded), presets, jitter."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from unittest import mock
 
 import torch
-from torch import Tensor
+from omegaconf import OmegaConf
+from torch import Tensor, nn
 
 from s2s import ModelConfig, kernels
 from s2s.model import Seq2SeqTransformer
 
 POSITIONS = ("learned", "sinusoidal", "t5_relative", "rotary", "none")
 VOCAB = 97
+PRESETS = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -88,3 +91,22 @@ def decode_step_by_step(model, batch, first_chunk=1, capacity=0):
         assert out.cache is cache and cache.offset == t + 1
         pieces.append(out.logits)
     return torch.cat(pieces, dim=1), cache
+
+
+def load_preset(name: str) -> ModelConfig:
+    """The ModelConfig of `conf/model/<name>.yaml`."""
+    return ModelConfig.from_dict(OmegaConf.to_container(OmegaConf.load(PRESETS / f"{name}.yaml")))
+
+
+def jitter(model: nn.Module, seed: int) -> nn.Module:
+    """Move every 1-D parameter (norm gains, biases) and a final logits bias off its initial
+    value, so a mis-mapped one cannot hide behind it; returns the model in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+        if getattr(model, "final_logits_bias", None) is not None:
+            bias = model.final_logits_bias
+            bias.copy_(0.2 * torch.randn(bias.shape, generator=gen))
+    return model.eval()
