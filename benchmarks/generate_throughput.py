@@ -14,9 +14,10 @@ search, at batch 1 and 8. Tokens/s counts generated output tokens (batch * new t
 are not counted).
 Reported: median time over --repeats runs after two warm-up runs, at a fixed thread count.
 
-s2s decodes inside `model.decoding_session()`, as generate.py does: the decoder's weights are
-laid out for few-row products once, not at every `generate` call (`s2s.model.linear`);
---layouts per-call measures bare `generate` calls, each making and dropping its layouts.
+s2s runs with `s2s.kernels` installed (S2S_KERNELS=0: the plain model) and decodes inside
+`kernels.decoding_session(model)`, as generate.py does: the decoder's weights are laid out for
+few-row products once, not at every `generate` call (`s2s.kernels.linear`); --layouts
+per-call measures bare `generate` calls, each making and dropping its layouts.
 
 --dtype bfloat16 casts both models' weights to bfloat16 (decoding on CPUs with AVX-512 BF16 or
 AMX); float32 is the default.
@@ -39,6 +40,7 @@ import torch
 import transformers
 from transformers import T5Config, T5ForConditionalGeneration
 
+from s2s import kernels
 from s2s.generation import GenerationConfig, generate
 from s2s.interop.hf import from_hf
 
@@ -97,18 +99,21 @@ def main() -> None:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     hf = build(args.d_model, args.layers, args.vocab)
-    ours = from_hf(hf).eval()
+    ours = kernels.install(from_hf(hf).eval())
     dtype = getattr(torch, args.dtype)
     hf, ours = hf.to(dtype), ours.to(dtype)
     n = args.new_tokens
     print(
         f"T5 v1.1-style d_model={args.d_model} layers={args.layers}+{args.layers} "
         f"vocab={args.vocab}; {args.src_len} source tokens, {n} new tokens; "
-        f"{args.threads} threads; {args.dtype}; s2s layouts {args.layouts}; "
+        f"{args.threads} threads; {args.dtype}; s2s kernels {kernels.enabled()}, layouts "
+        f"{args.layouts}; "
         f"torch {torch.__version__}, transformers {transformers.__version__}; "
         f"median of {args.repeats}, {args.clock} clock"
     )
-    session = ours.decoding_session() if args.layouts == "session" else contextlib.nullcontext()
+    session = kernels.decoding_session(ours)
+    if args.layouts != "session":
+        session = contextlib.nullcontext()
     with session:
         table(ours, hf, args, clock)
 

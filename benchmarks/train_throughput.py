@@ -6,7 +6,8 @@ Run: python benchmarks/train_throughput.py [--shapes t5_small tiny] [--dtypes fl
 
 For each shape a randomly initialised HF `T5ForConditionalGeneration` is built from a config
 (never downloaded) and converted with `s2s.interop.hf.from_hf`, so both models start from
-identical weights. One training step is forward, cross-entropy (as in `Seq2SeqLitModule.loss`),
+identical weights; s2s runs with `s2s.kernels` installed (S2S_KERNELS=0: the plain model).
+One training step is forward, cross-entropy (as in `Seq2SeqLitModule.loss`),
 backward and a fused `torch.optim.AdamW` step (both libraries' default); in bf16 the forward
 and loss run under `torch.autocast(device_type, torch.bfloat16)` with float32 weights. The
 implementations take turns step by step (the first to go alternates), warm-up steps are
@@ -55,6 +56,7 @@ import transformers
 from torch import Tensor, nn
 from transformers import T5Config, T5ForConditionalGeneration
 
+from s2s import kernels
 from s2s.config import ModelConfig
 from s2s.interop.hf import from_hf
 
@@ -241,7 +243,7 @@ def build_models(shape: Shape, dropout: float, device: torch.device):
     torch.manual_seed(0)
     config = T5Config(**shape.hf_config, dropout_rate=dropout, decoder_start_token_id=0)
     hf = T5ForConditionalGeneration(config).to(device).train()
-    ours = from_hf(hf).to(device).train()
+    ours = kernels.install(from_hf(hf).to(device).train())  # S2S_KERNELS=0: the plain model
     return ours, hf
 
 

@@ -1,7 +1,9 @@
-"""Shared fixtures: small corpora, a session-wide trained tokenizer, a file writer."""
+"""Shared fixtures: small corpora, a session-wide trained tokenizer, a file writer, the first
+records of the shipped datasets for training tests."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,20 @@ def write(tmp_path: Path):
         return path
 
     return _write
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    """The first records of the shipped datasets: real text, seconds to train on."""
+    out = tmp_path_factory.mktemp("data")
+    files = {}
+    for name, source, n in [
+        ("text_train", "shakespeare/train.json", 40),
+        ("text_val", "shakespeare/validation.json", 12),
+        ("pairs_train", "bible_modern/train.json", 48),
+        ("pairs_val", "bible_modern/validation.json", 8),
+    ]:
+        records = json.loads((REPO / "datasets" / source).read_text())[:n]
+        files[name] = out / f"{name}.json"
+        files[name].write_text(json.dumps(records))
+    return files

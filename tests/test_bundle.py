@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from generation_fixtures import tiny_model, write_ckpt
+from helpers.generation import tiny_model, write_ckpt
 from safetensors.torch import load_file
 
 from s2s import load_pretrained

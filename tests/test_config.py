@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.model import PRESETS, load_preset
 from omegaconf import OmegaConf
 
 from s2s import ModelConfig
 from s2s.model import Seq2SeqTransformer
-
-PRESETS = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 # Parameter counts of the presets at the vocab sizes in their YAML files.
 PRESET_PARAMETERS = {
@@ -23,10 +21,6 @@ PRESET_PARAMETERS = {
     "bart_base": 139_417_344,  # HF bart-base: 139,420,416 incl. 2 unused rows x 2 tables
     "t5_v1_1_base": 247_577_856,  # HF google/t5-v1_1-base: 247,577,856
 }
-
-
-def load_preset(name: str) -> ModelConfig:
-    return ModelConfig.from_dict(OmegaConf.to_container(OmegaConf.load(PRESETS / f"{name}.yaml")))
 
 
 def test_defaults_are_valid_and_resolve_head_dim():

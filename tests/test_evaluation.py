@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from generation_fixtures import tiny_model, write_ckpt
+from helpers.generation import tiny_model, write_ckpt
 
 from s2s.evaluation.masked_lines import (
     MASK,

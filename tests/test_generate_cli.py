@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from generation_fixtures import tiny_model, write_ckpt
+from helpers.generation import tiny_model, write_ckpt
 from hydra import compose, initialize_config_dir
 
 from s2s.bundle import save_bundle
@@ -89,6 +89,7 @@ def cli(files) -> dict[str, subprocess.CompletedProcess]:
     return done
 
 
+@pytest.mark.slow  # spawns processes
 def test_prompt_mode_prints_the_answer(cli, expected, files):
     result = cli["prompt"]
     assert result.returncode == 0, result.stderr
@@ -96,6 +97,7 @@ def test_prompt_mode_prints_the_answer(cli, expected, files):
     assert sorted(p.name for p in files.iterdir()) == ["incomplete", "tiny.ckpt"]  # no litter
 
 
+@pytest.mark.slow  # spawns processes
 def test_interactive_mode_through_a_pipe(cli, expected):
     result = cli["interactive"]
     assert result.returncode == 0, result.stderr
@@ -103,6 +105,7 @@ def test_interactive_mode_through_a_pipe(cli, expected):
 
 
 @pytest.mark.parametrize("case", sorted(ERROR_CASES))
+@pytest.mark.slow  # spawns processes
 def test_errors_are_one_line(cli, case):
     result = cli[case]
     assert result.returncode != 0

@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 import torch
-from generation_fixtures import tiny_model
-from model_fixtures import padded_batch
+from helpers.generation import tiny_model
+from helpers.model import padded_batch
 
 from s2s.generation import GenerationConfig, generate
 from s2s.generation.beam import beam_search

@@ -1,7 +1,8 @@
 """Token-for-token parity of `generate` with Hugging Face `generate` on converted models.
 
 Random HF T5 v1.0, T5 v1.1 and BART models (built from configs, never downloaded) are
-converted with `from_hf`; both sides decode the same right-padded batch of prompts of
+converted with `from_hf`, and each is checked twice: plain and with `s2s.kernels` installed
+(decode weights, flat steps). Both sides decode the same right-padded batch of prompts of
 different lengths. HF's output starts with the decoder start token and, in beam search,
 fills the tail after EOS with EOS when pad_token_id == 0 (`pad or eos` in its code), so HF
 rows are compared after dropping the start token and padding after the first EOS.
@@ -11,11 +12,12 @@ towards EOS ends some early, so stopping per row is part of what is compared.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import transformers
-from model_fixtures import padded_batch
-from test_hf_parity import jitter
+from helpers.model import jitter, padded_batch, with_kernels
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
@@ -64,7 +66,8 @@ def bart() -> BartForConditionalGeneration:
 def pair(request):
     hf = {"t5-v1.0": lambda: t5("v1.0"), "t5-v1.1": lambda: t5("v1.1"), "bart": bart}
     hf = hf[request.param]().eval()
-    return hf, from_hf(hf).eval()
+    plain = from_hf(hf).eval()
+    return hf, (plain, with_kernels(copy.deepcopy(plain)))
 
 
 def prompts(hf):
@@ -131,18 +134,20 @@ BEAM = [
 
 @pytest.mark.parametrize("config", GREEDY, ids=["plain", "processors"])
 def test_greedy_matches_transformers(pair, config):
-    hf, ours = pair
+    hf, models = pair
     batch = prompts(hf)
-    mine = generate(ours, batch.input_ids, batch.attention_mask, config=config)
-    assert_same(mine, hf_generate(hf, batch, config))
+    theirs = hf_generate(hf, batch, config)
+    for ours in models:  # plain, then with the kernels
+        assert_same(generate(ours, batch.input_ids, batch.attention_mask, config=config), theirs)
 
 
 @pytest.mark.parametrize("config", BEAM, ids=["default", "early-stop", "long-penalised"])
 def test_beam_search_matches_transformers(pair, config):
-    hf, ours = pair
+    hf, models = pair
     batch = prompts(hf)
-    mine = generate(ours, batch.input_ids, batch.attention_mask, config=config)
-    assert_same(mine, hf_generate(hf, batch, config))
+    theirs = hf_generate(hf, batch, config)
+    for ours in models:  # plain, then with the kernels
+        assert_same(generate(ours, batch.input_ids, batch.attention_mask, config=config), theirs)
 
 
 def test_transformers_version_is_the_one_checked():

@@ -2,7 +2,8 @@
 
 HF models are built from configs with random weights (never from the hub); every 1-D
 parameter (norm gains, biases) is jittered so a mis-mapped norm or bias cannot hide behind
-its default initial value. Measured errors are printed (`pytest -s`).
+its default initial value. Each converted model is checked plain and with `s2s.kernels`
+installed. Measured errors are printed (`pytest -s`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import dataclasses
 
 import pytest
 import torch
-from model_fixtures import padded_batch
-from test_config import load_preset
+from helpers.model import jitter, load_preset, padded_batch, with_kernels
 from torch import nn
 from transformers import (
     BartConfig,
@@ -48,18 +48,6 @@ BART_SHAPES = {
     ),
 }  # fmt: skip
 SRC_LENGTHS, TGT_LENGTHS = (13, 9, 3, 1), (11, 6, 11, 2)
-
-
-def jitter(model: nn.Module, seed: int) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.2 * torch.randn(p.shape, generator=gen))
-        if getattr(model, "final_logits_bias", None) is not None:
-            bias = model.final_logits_bias
-            bias.copy_(0.2 * torch.randn(bias.shape, generator=gen))
-    return model.eval()
 
 
 def make_t5(shape: str, version: str, untied_head: bool = False) -> T5ForConditionalGeneration:
@@ -110,6 +98,12 @@ def assert_parity(label, ours, theirs):
     assert error <= MAX_ABS_ERROR
 
 
+def assert_parity_plain_and_kernels(label, model, batch, theirs):
+    """`assert_parity` for `model` as it is (plain), then with the kernel twins installed."""
+    assert_parity(label, our_logits(model, batch), theirs)
+    assert_parity(f"{label} kernels", our_logits(with_kernels(model), batch), theirs)
+
+
 def batch_for(vocab: int, pad: int):
     return padded_batch(vocab, src_lengths=SRC_LENGTHS, tgt_lengths=TGT_LENGTHS, pad=pad)
 
@@ -130,7 +124,7 @@ def test_from_hf_t5(version, untied_head, shape, backend):
     assert model.config.tie_embeddings == (not untied_head)
     batch = batch_for(hf.config.vocab_size, pad=0)
     label = f"from_hf T5 {version}{' untied' if untied_head else ''} shape {shape} {backend}"
-    assert_parity(label, our_logits(model, batch), hf_logits(hf, batch))
+    assert_parity_plain_and_kernels(label, model, batch, hf_logits(hf, batch))
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "math"])
@@ -143,9 +137,8 @@ def test_from_hf_bart(shape, backend):
     model.eval()
     assert model.config.tie_embeddings == (shape == "A")
     batch = batch_for(hf.config.vocab_size, pad=hf.config.pad_token_id)
-    assert_parity(
-        f"from_hf BART shape {shape} {backend}", our_logits(model, batch), hf_logits(hf, batch)
-    )
+    label = f"from_hf BART shape {shape} {backend}"
+    assert_parity_plain_and_kernels(label, model, batch, hf_logits(hf, batch))
 
 
 def our_t5_model(shape: str, version: str) -> Seq2SeqTransformer:

@@ -7,10 +7,9 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from model_fixtures import tiny_config
+from helpers.model import tiny_config
 
 from s2s.model.attention import AttentionMask, build_mask
-from s2s.model.dropout import dropout
 from s2s.model.feedforward import FeedForward
 from s2s.model.layers import DecoderLayer, EncoderLayer
 from s2s.model.norms import LayerNorm, RMSNorm
@@ -139,7 +138,7 @@ def test_feedforward_matches_formula(activation, gated):
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_feedforward_dropout_is_dropout_of_the_inner_activation(bias):
-    """In training: wo(dropout(act(wi x))) with the mask of `s2s.model.dropout` for the same
+    """In training: wo(dropout(act(wi x))) with the mask of torch's dropout for the same
     seed, and its gradients; in eval mode no dropout."""
     torch.manual_seed(0)
     ffn = FeedForward(8, 12, activation="relu", gated=False, bias=bias, dropout=0.3).train()
@@ -147,7 +146,7 @@ def test_feedforward_dropout_is_dropout_of_the_inner_activation(bias):
     torch.manual_seed(5)
     out = ffn(x)
     torch.manual_seed(5)
-    dropped = dropout(torch.relu(F.linear(x, ffn.wi.weight, ffn.wi.bias)), 0.3, training=True)
+    dropped = F.dropout(torch.relu(F.linear(x, ffn.wi.weight, ffn.wi.bias)), 0.3, training=True)
     assert (dropped == 0).sum() > (torch.relu(ffn.wi(x)) == 0).sum()  # it does drop
     expected = F.linear(dropped, ffn.wo.weight, ffn.wo.bias)
     torch.testing.assert_close(out, expected)

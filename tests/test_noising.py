@@ -199,6 +199,7 @@ def test_noise_is_keyed_by_seed_epoch_index():
         assert a[0] != b[0] and a[1] != b[1]
 
 
+@pytest.mark.slow  # spawns processes
 def test_two_ranks_in_separate_processes_agree():
     code = (
         f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from model_fixtures import tiny_model
+from helpers.model import tiny_model
 
 from s2s.optim import AdamWScale, adamw, adamw_scale, lr_factor, warmup_schedule
 

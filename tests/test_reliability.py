@@ -24,12 +24,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import test_train
 import torch
-from generation_fixtures import tiny_model, write_ckpt
+from helpers.generation import tiny_model, write_ckpt
+from helpers.train import REPO, compose_train, overrides_for
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import OmegaConf
-from test_train import REPO, compose_train, overrides_for
 
 import s2s.pipeline
 from s2s.bundle import load_pretrained, read_pretrained, save_bundle
@@ -50,8 +49,6 @@ from s2s.model import Seq2SeqTransformer
 from s2s.pipeline import _report, train
 from s2s.run_dir import RunDirGuard, check_run_dir
 from s2s.tokenizer import MAX_TRAINING_RUN, Tokenizer, training_pieces
-
-tiny_data = test_train.tiny_data  # the training tests' module-scoped data fixture
 
 
 class WritesMarker:

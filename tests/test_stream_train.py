@@ -6,16 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers.recording import read_records
+from helpers.train import TINY_MODEL, compose_train, overrides_for, record, run_cli
 from omegaconf import OmegaConf
-from recording import read_records
-from test_train import (  # noqa: F401
-    TINY_MODEL,
-    compose_train,
-    overrides_for,
-    record,
-    run_cli,
-    tiny_data,
-)
 
 from s2s.data.config import DataConfig
 from s2s.pipeline import train
@@ -25,7 +18,7 @@ PATHS = {"train_dir": "x", "val_dir": "x"}
 
 
 @pytest.fixture(scope="module")
-def prepared(tiny_data, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+def prepared(tiny_data, tmp_path_factory) -> dict[str, Path]:
     """The tiny text data prepared: train with its own tokenizer, val sharing it."""
     out = tmp_path_factory.mktemp("prepared")
     prepare(
@@ -40,7 +33,7 @@ def prepared(tiny_data, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
     return {"train": out / "train", "val": out / "val"}
 
 
-def stream_overrides(tiny_data, prepared, tmp_path: Path) -> list[str]:  # noqa: F811
+def stream_overrides(tiny_data, prepared, tmp_path: Path) -> list[str]:
     return [
         *overrides_for(tiny_data, tmp_path),
         "data=stream",
@@ -51,8 +44,9 @@ def stream_overrides(tiny_data, prepared, tmp_path: Path) -> list[str]:  # noqa:
     ]
 
 
+@pytest.mark.slow  # three training runs
 def test_stream_training_resumes_exactly_twice_and_across_an_epoch(
-    tiny_data,  # noqa: F811
+    tiny_data,
     prepared,
     tmp_path,
 ):
@@ -84,8 +78,9 @@ def test_stream_training_resumes_exactly_twice_and_across_an_epoch(
         assert resumed[step]["loss"] == pytest.approx(uninterrupted[step]["loss"], rel=1e-5), step
 
 
+@pytest.mark.slow  # spawns processes
 def test_stream_ddp_ranks_read_disjoint_blocks_in_equal_numbers(
-    tiny_data,  # noqa: F811
+    tiny_data,
     prepared,
     tmp_path,
 ):
@@ -105,14 +100,14 @@ def test_stream_ddp_ranks_read_disjoint_blocks_in_equal_numbers(
     assert rows[0] and rows[1] and not rows[0] & rows[1]
 
 
-def test_stream_without_directories_is_one_clear_error(tiny_data, tmp_path):  # noqa: F811
+def test_stream_without_directories_is_one_clear_error(tiny_data, tmp_path):
     overrides = [*overrides_for(tiny_data, tmp_path), "data=stream", "data.train_path=null"]
     with pytest.raises(ValueError, match=r"data.train_path is not set \(nor data.train_dir\)"):
         train(compose_train(overrides))
 
 
 def test_t5_base_c4_is_nanot5s_recipe_and_runs_on_a_prepared_corpus(
-    tiny_data,  # noqa: F811
+    tiny_data,
     prepared,
     tmp_path,
 ):

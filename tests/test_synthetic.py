@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train import compose_train, overrides_for, tiny_data  # noqa: F401
+from helpers.train import compose_train, overrides_for
 
 from s2s.data.examples import IGNORE_INDEX
 from s2s.data.objectives import build_objective
@@ -69,7 +69,7 @@ def test_bad_warmup_settings_are_refused(values):
         CopyWarmup(**values)
 
 
-def test_warmup_steps_train_on_random_rows_then_on_the_data(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+def test_warmup_steps_train_on_random_rows_then_on_the_data(tiny_data, tmp_path, monkeypatch):
     """Steps before copy_warmup.steps see random copy rows; later steps see the data's rows."""
     seen = []
     original = Seq2SeqLitModule.loss
@@ -99,7 +99,7 @@ def test_warmup_steps_train_on_random_rows_then_on_the_data(tiny_data, tmp_path,
         assert inputs != labels and len(labels) > 9  # noised text rows
 
 
-def test_init_from_skips_the_warmup(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+def test_init_from_skips_the_warmup(tiny_data, tmp_path, monkeypatch):
     pretrain = tmp_path / "pretrain"
     first = train(compose_train([*overrides_for(tiny_data, pretrain), "trainer.max_steps=2"]))
     seen = []

@@ -2,82 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from recording import read_records
+from helpers.recording import read_records
+from helpers.train import REPO, compose_train, overrides_for, record, run_cli
 
 from s2s.pipeline import train
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = [
-    "model.d_model=32",
-    "model.d_ff=64",
-    "model.n_heads=2",
-    "model.n_encoder_layers=1",
-    "model.n_decoder_layers=1",
-    "model.dropout=0.1",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> dict[str, Path]:
-    """The first records of the shipped datasets: real text, seconds to train on."""
-    out = tmp_path_factory.mktemp("data")
-    files = {}
-    for name, source, n in [
-        ("text_train", "shakespeare/train.json", 40),
-        ("text_val", "shakespeare/validation.json", 12),
-        ("pairs_train", "bible_modern/train.json", 48),
-        ("pairs_val", "bible_modern/validation.json", 8),
-    ]:
-        records = json.loads((REPO / "datasets" / source).read_text())[:n]
-        files[name] = out / f"{name}.json"
-        files[name].write_text(json.dumps(records))
-    return files
-
-
-def overrides_for(tiny_data, tmp_path: Path, kind: str = "text") -> list[str]:
-    return [
-        *TINY_MODEL,
-        f"data.train_path={tiny_data[kind + '_train']}",
-        f"data.val_path={tiny_data[kind + '_val']}",
-        "data.test_path=null",
-        "data.max_source_length=48",
-        "data.max_target_length=48",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "data.tokenizer.vocab_size=600",
-        "data.tokenizer.num_sentinels=16",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"paths.output_dir={tmp_path / 'run'}",
-        "trainer.max_steps=6",
-        "trainer.val_check_interval=3",
-        "copy_warmup.steps=0",  # the data path itself; test_synthetic.py covers the warm-up
-        "trainer.limit_val_batches=2",
-        "trainer.log_every_n_steps=1",
-        "scheduler.warmup_steps=2",
-        "eval.generation_examples=4",
-        "eval.max_new_tokens=8",
-        "callbacks.progress_bar=null",
-        "logger=csv",
-    ]
-
-
-def compose_train(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
-
-
-def record(path: Path) -> list[str]:
-    return ["+callbacks.record._target_=recording.RecordBatches", f"+callbacks.record.path={path}"]
 
 
 def test_debug_smoke_pretraining(tiny_data, tmp_path):
@@ -176,6 +110,7 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
         assert resumed[step]["loss"] == pytest.approx(uninterrupted[step]["loss"], rel=1e-5), step
 
 
+@pytest.mark.slow  # a long training loop
 def test_every_epoch_reshuffles_and_renoises_the_same_texts(tiny_data, tmp_path):
     path = tmp_path / "epochs.json"
     overrides = [*overrides_for(tiny_data, tmp_path), *record(path), "data.batch_size=8"]
@@ -204,20 +139,7 @@ def test_same_seed_same_losses_other_seed_other_losses(tiny_data, tmp_path):
     assert runs["a"] != runs["c"]
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])}
-    if "-m" not in args:  # keep Hydra's own run directory out of the repository
-        args = [*args, f"hydra.run.dir={cwd / 'hydra'}"]
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
+@pytest.mark.slow  # spawns processes
 def test_ddp_cpu_runs_two_ranks_on_different_data(tiny_data, tmp_path):
     path = tmp_path / "ddp.json"
     args = [
@@ -237,6 +159,7 @@ def test_ddp_cpu_runs_two_ranks_on_different_data(tiny_data, tmp_path):
     assert all(len(step["rows"]) == 2 for r in ranks for step in r)
 
 
+@pytest.mark.slow  # spawns processes
 def test_multirun_makes_one_run_per_value(tiny_data, tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = [
@@ -264,6 +187,7 @@ def test_multirun_makes_one_run_per_value(tiny_data, tmp_path):
         ("data.train_path=/nonexistent.json", "error: /nonexistent.json: file not found"),
     ],
 )
+@pytest.mark.slow  # spawns processes
 def test_bad_overrides_fail_with_one_clear_line(tiny_data, tmp_path, override, message):
     done = run_cli([*overrides_for(tiny_data, tmp_path), override], cwd=tmp_path)
     assert done.returncode != 0
@@ -271,6 +195,7 @@ def test_bad_overrides_fail_with_one_clear_line(tiny_data, tmp_path, override, m
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # spawns processes
 def test_sigkill_loses_only_steps_since_the_last_checkpoint(tiny_data, tmp_path):
     import signal
     import time

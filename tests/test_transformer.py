@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from model_fixtures import POSITIONS, VOCAB, padded_batch, tiny_config, tiny_model
-from torch.multiprocessing.reductions import StorageWeakRef
+from helpers.model import (
+    POSITIONS,
+    VOCAB,
+    decode_step_by_step,
+    padded_batch,
+    tiny_config,
+    tiny_model,
+)
 
-import s2s.model.linear as linear
 from s2s.model import DecoderCache, Seq2SeqTransformer, shift_right
-from s2s.model.linear import HUGE_PAGE, ONEDNN_MIN_ELEMENTS, Linear, _one_buffer, decode_weight
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 MEMOISED = ("rotary", "t5_relative")  # schemes whose per-step tables a cache memoises
@@ -82,19 +86,6 @@ def test_sdpa_path_equals_math_path(positions):
         torch.testing.assert_close(grad, math_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def decode_step_by_step(model, batch, first_chunk=1, capacity=0):
-    memory = model.encode(batch.input_ids, batch.attention_mask)
-    ids = batch.decoder_input_ids
-    cache = model.new_cache(capacity)
-    out = model.decode(ids[:, :first_chunk], memory, batch.attention_mask, cache=cache)
-    pieces, cache = [out.logits], out.cache
-    for t in range(first_chunk, ids.shape[1]):
-        out = model.decode(ids[:, t : t + 1], memory, batch.attention_mask, cache=cache)
-        assert out.cache is cache and cache.offset == t + 1
-        pieces.append(out.logits)
-    return torch.cat(pieces, dim=1), cache
-
-
 @pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("backend", ["sdpa", "math"])
 # capacity 0: buffers sized as decoding goes; 4: buffers outgrow it and steps past it compute
@@ -159,6 +150,7 @@ def copy_accuracy(model, steps, length=12, batch=16, seed=0):
     return (predicted == labels).float().mean().item()
 
 
+@pytest.mark.slow  # a long training loop
 def test_rotary_cross_attention_learns_to_copy_where_plain_rotary_does_not():
     # Cross-attention without positions must first learn a content-based way to find the
     # next source token; with target - source positions in its scores, copying is immediate.
@@ -178,156 +170,6 @@ def test_cache_reorder_equals_decoding_the_reordered_batch():
     stepped = model.decode(ids[order, 3:4], memory[order], batch.attention_mask[order], cache=cache)
     full = model(batch.input_ids[order], ids[order, :4], batch.attention_mask[order])
     torch.testing.assert_close(stepped.logits[:, 0], full[:, 3], **TOL)
-
-
-@pytest.mark.parametrize("positions", POSITIONS)
-def test_decoding_layout_gives_the_same_logits_and_is_dropped_after(positions):
-    model = tiny_model(positions=positions, tie_embeddings=positions != "rotary")
-    batch = padded_batch(tgt_lengths=(7, 7, 7))  # 3 rows: oneDNN's layout where available
-    with torch.no_grad():
-        expected, _ = decode_step_by_step(model, batch, capacity=8)
-        with model.decoding_layout(rows=3):
-            assert model.head_decode is not None
-            assert model.decoder.layers[0].ffn.wi.decode is not None
-            stepped, _ = decode_step_by_step(model, batch, capacity=8)
-    torch.testing.assert_close(stepped, expected, **TOL)
-    assert model.head_decode is None
-    assert all(m.decode is None for m in model.modules() if isinstance(m, Linear))
-    # with autograd on, the layout is ignored and gradients reach the parameters
-    with model.decoding_layout(rows=3):
-        logits_of(model, batch).sum().backward()
-    assert model.decoder.layers[0].ffn.wi.weight.grad is not None
-
-
-@pytest.mark.parametrize(
-    ("in_features", "out_features", "rows", "kind"),
-    [
-        (256, 320, 1, "transposed"),  # one row: the contiguous transpose ...
-        (320, 256, 1, "plain"),  # ... unless the weight narrows: the parameter itself
-        (256, 320, 2, "onednn"),  # several rows: oneDNN's packed weight ...
-        (256, 320, 8, "onednn"),
-        (48, 80, 8, "transposed"),  # ... unless the weight is small
-        (80, 48, 8, "transposed"),
-    ],
-)
-def test_decode_weight_layouts_multiply_like_linear(in_features, out_features, rows, kind):
-    torch.manual_seed(0)
-    layer = Linear(in_features, out_features, bias=True)
-    x = torch.randn(rows, 1, in_features)
-    weight = decode_weight(layer.weight, rows)
-    if kind == "onednn" and not torch.backends.mkldnn.is_available():
-        kind = "transposed"
-    assert weight.kind == kind
-    # the large cases are above the oneDNN threshold, the small ones below
-    assert (layer.weight.numel() >= ONEDNN_MIN_ELEMENTS) == (min(in_features, out_features) >= 256)
-    with torch.inference_mode():
-        torch.testing.assert_close(
-            weight.apply(x, layer.bias), F.linear(x, layer.weight, layer.bias)
-        )
-    if kind == "transposed":
-        assert weight.tensor.is_contiguous() and torch.equal(weight.tensor, layer.weight.t())
-    if kind == "plain":
-        assert weight.tensor.data_ptr() == layer.weight.data_ptr()  # no copy
-
-
-def test_one_buffer_copies_back_to_back_on_huge_page_boundaries():
-    big = [torch.randn(700, 600).t(), torch.randn(512, 512), torch.randn(3, 5)]  # 2.7 MB
-    placed = _one_buffer(big)
-    for original, copy in zip(big, placed, strict=True):
-        assert torch.equal(copy, original) and copy.is_contiguous()
-        assert copy.data_ptr() % 64 == 0  # each on a cache line
-    # one buffer, starting on a 2 MB boundary (where Linux is advised to use huge pages)
-    storage = placed[0].untyped_storage().data_ptr()
-    assert all(t.untyped_storage().data_ptr() == storage for t in placed)
-    assert placed[0].data_ptr() % HUGE_PAGE == 0
-    small = [torch.randn(64, 64), torch.randn(64, 32).t()]  # under one huge page:
-    kept, copied = _one_buffer(small)
-    assert kept is small[0]  # contiguous already: not copied
-    assert copied.is_contiguous() and torch.equal(copied, small[1])
-
-
-def test_one_buffer_advises_whole_huge_pages_inside_its_allocation(monkeypatch):
-    advised = []
-    monkeypatch.setattr(linear, "_advise_huge_pages", lambda a, n: advised.append((a, n)))
-    for numels in [(700_000,), (524_289, 3), (1_000_003, 17, 262_144)]:
-        placed = _one_buffer([torch.randn(n) for n in numels])
-        storage = placed[0].untyped_storage()
-        begin, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
-        address, length = advised.pop()
-        assert address % HUGE_PAGE == 0 and length % HUGE_PAGE == 0 and length > 0
-        assert begin <= address and address + length <= end
-        assert placed[-1].data_ptr() + placed[-1].nbytes <= end
-
-
-def test_layouts_for_other_rows_free_the_old_buffer():
-    model = tiny_model(d_model=256, d_ff=512, vocab_size=4096, tie_embeddings=False)
-    with model.decoding_session():
-        with model.decoding_layout(rows=1):
-            old = StorageWeakRef(model.head_decode.tensor.untyped_storage())
-        with model.decoding_layout(rows=1):  # kept
-            assert not old.expired()
-        with torch.no_grad():  # an edit to one weight remakes every layout of the buffer
-            model.decoder.layers[0].ffn.wo.weight.mul_(1.0)
-        with model.decoding_layout(rows=1):
-            assert old.expired()
-            old = StorageWeakRef(model.head_decode.tensor.untyped_storage())
-        with model.decoding_layout(rows=3):  # other rows: the one-row buffer is gone
-            assert old.expired()
-
-
-def test_one_row_layouts_share_one_buffer_and_decode_the_same():
-    model = tiny_model(d_model=256, d_ff=512, vocab_size=4096, tie_embeddings=False)
-    batch = padded_batch(4096, src_lengths=(6,), tgt_lengths=(5,))
-    with torch.inference_mode():
-        expected, _ = decode_step_by_step(model, batch)
-        with model.decoding_layout(rows=1):
-            stepped, _ = decode_step_by_step(model, batch)
-            layouts = [m.decode for m in model.decoder.modules() if isinstance(m, Linear)]
-            layouts.append(model.head_decode)
-            assert {w.kind for w in layouts} == {"transposed", "plain"}
-            # the 4 MB head and the layers' copies together
-            assert len({w.tensor.untyped_storage().data_ptr() for w in layouts}) == 1
-    torch.testing.assert_close(stepped, expected, **TOL)
-
-
-def test_decoding_session_keeps_layouts_until_it_ends_and_remakes_edited_ones():
-    model = tiny_model().eval()
-    batch = padded_batch()
-    qkv = model.decoder.layers[0].self_attn.qkv
-
-    def layouts(rows):
-        with torch.inference_mode(), model.decoding_layout(rows):
-            return qkv.decode, model.head_decode
-
-    assert layouts(3)[0] is not layouts(3)[0]  # no session: made anew by every block
-    with model.decoding_session():
-        first = layouts(3)
-        assert layouts(3)[0] is first[0] and layouts(3)[1] is first[1]  # kept
-        with model.decoding_session():  # nested: the outer session's layouts
-            assert layouts(3)[0] is first[0]
-        assert layouts(1)[0] is not first[0]  # other rows replace them: one copy at most
-        n_layers = sum(isinstance(m, Linear) for m in model.decoder.modules())
-        assert len(model._layout_memo) == n_layers + 1  # the decoder's and the LM head
-        first = layouts(3)
-        assert layouts(3)[0] is first[0]
-        # a replaced weight (model.to round trip: same Parameter, new storage) is seen
-        model.to(torch.float64).to(torch.float32)
-        assert layouts(3)[0] is not first[0] and layouts(3)[0].made_from(qkv.weight, 3)
-        first = layouts(3)
-        # an in-place edit that bumps the version counter (load_state_dict) is seen
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        state["decoder.layers.0.self_attn.qkv.weight"].mul_(2.0)
-        model.load_state_dict(state)
-        remade = layouts(3)[0]
-        assert remade is not first[0] and remade.made_from(qkv.weight, 3)
-        # decoding with the session's layouts equals decoding with the edited parameters
-        with torch.inference_mode():
-            expected, _ = decode_step_by_step(model, batch)
-            with model.decoding_layout(rows=3):
-                stepped, _ = decode_step_by_step(model, batch)
-        torch.testing.assert_close(stepped, expected, **TOL)
-    assert model._layout_memo is None
-    assert layouts(3)[0] is not layouts(3)[0]
 
 
 def test_decoder_padding_mask_covers_cache_and_new_positions():
@@ -354,6 +196,7 @@ def test_every_positional_scheme_trains(positions):
         assert p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.slow  # a long training loop
 def test_tiny_model_overfits_one_batch():
     model = tiny_model(seed=0, d_model=32, d_ff=64, n_heads=2).train()
     gen = torch.Generator().manual_seed(0)

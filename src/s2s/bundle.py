@@ -30,6 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from s2s import kernels
 from s2s.checkpoint import (
     CheckpointError,
     LoadedCheckpoint,
@@ -60,9 +61,10 @@ class Pretrained(NamedTuple):
 
 
 def load_pretrained(path: str | os.PathLike) -> Pretrained:
-    """Model (eval mode) and tokenizer from a bundle directory or an s2s `.ckpt` file."""
+    """Model (eval mode, `s2s.kernels` installed unless S2S_KERNELS=0) and tokenizer from a
+    bundle directory or an s2s `.ckpt` file."""
     loaded = read_pretrained(path)
-    model = Seq2SeqTransformer(loaded.config)
+    model = kernels.install(Seq2SeqTransformer(loaded.config))
     load_weights(model, loaded.state_dict, loaded.source)
     return Pretrained(model.eval(), loaded.tokenizer)
 

@@ -13,7 +13,6 @@ a file that needs more is refused instead of being unpickled.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from s2s.checkpoint import read_checkpoint
-from s2s.files import remove_stale_tmp_files
+from s2s.files import atomic_write, remove_stale_tmp_files
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -32,17 +31,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp_files(path.parent)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            with tmp.open("wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(path) as tmp:
+            torch.save(checkpoint, tmp)
 
     def load_checkpoint(
         self,

@@ -19,6 +19,7 @@ from typing import TextIO
 from omegaconf import DictConfig, OmegaConf
 
 from s2s.cli import cli_status
+from s2s.files import atomic_write
 from s2s.generation.config import GenerationConfig
 from s2s.generation.text import TextGenerator
 
@@ -77,7 +78,8 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
     if prompts is not None:
         check_output_file(Path(cfg.input_file), Path(cfg.output_file), bool(cfg.overwrite))
 
-    from s2s.bundle import load_pretrained  # torch and the model: after the cheap checks
+    from s2s import kernels  # torch and the model: after the cheap checks
+    from s2s.bundle import load_pretrained
 
     model, tokenizer = load_pretrained(cfg.ckpt)
     generator = TextGenerator(
@@ -89,7 +91,7 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
         device=str(cfg.device),
     )
     # the weights never change here, so decoding layouts are made once, not once per batch
-    with model.decoding_session():
+    with kernels.decoding_session(model):
         if cfg.prompt is not None:
             print(generator([str(cfg.prompt)])[0], file=stdout)
         elif prompts is not None:
@@ -161,15 +163,12 @@ def generate_file(
 
 
 def write_jsonl(path: Path, prompts: Prompts, outputs: Sequence[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_write(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for i, (source, output) in enumerate(zip(prompts.inputs, outputs, strict=True)):
             row = {"input": source, "output": output}
             if prompts.targets is not None:
                 row["target"] = prompts.targets[i]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def format_metrics(outputs: Sequence[str], targets: Sequence[str]) -> str:

@@ -40,7 +40,8 @@ def texts_of(path: Path) -> list[str]:
 def evaluate_files(
     ckpt: str, files: list[str], *, lines: int, seed: int, batch_size: int, show: int
 ) -> dict[str, DenoiseScores]:
-    from s2s.bundle import load_pretrained  # torch and the model: after the cheap checks
+    from s2s import kernels  # torch and the model: after the cheap checks
+    from s2s.bundle import load_pretrained
     from s2s.evaluation.denoise import evaluate_denoising
 
     probes: dict[str, list[MaskedLine]] = {}
@@ -50,7 +51,7 @@ def evaluate_files(
             raise ValueError(f"{name}: no line of 4-24 words to mask")
     model, tokenizer = load_pretrained(ckpt)
     results: dict[str, DenoiseScores] = {}
-    with model.decoding_session():
+    with kernels.decoding_session(model):
         for name, masked in probes.items():
             start = time.perf_counter()
             scores, outputs = evaluate_denoising(model, tokenizer, masked, batch_size=batch_size)

@@ -4,10 +4,32 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-# NAME.tmp-PID: a file being written by process PID (s2s.checkpoint_io)
+# NAME.tmp-PID: a file being written by process PID (`atomic_write`)
 _TMP_OF_PID = re.compile(r"\.tmp-(\d+)$")
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path `NAME.tmp-PID` beside `path` for the caller to write; when the
+    block ends without an error, flush it to disk and rename it over `path` (atomic within one
+    filesystem); in any case remove what is left of it. A reader, or a crash, never sees a
+    half-written `path`, and an existing one stays whole until the new one replaces it. The
+    one way s2s writes a file (checkpoints, tokenizers, run files, outputs, the data cache);
+    `remove_stale_tmp_files` removes what a killed writer leaves."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def new_file_mode() -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from s2s import kernels
 from s2s.bundle import load_weights, read_pretrained
 from s2s.checkpoint import CheckpointError, LoadedCheckpoint, read_checkpoint
 from s2s.checkpoint_io import AtomicCheckpointIO
@@ -35,7 +35,7 @@ from s2s.data.objectives import build_objective
 from s2s.data.records import read_records
 from s2s.data.synthetic import CopyWarmup
 from s2s.evaluation.masked_lines import MaskedLine, make_masked_lines
-from s2s.files import remove_stale_tmp_files
+from s2s.files import atomic_write, remove_stale_tmp_files
 from s2s.lit_module import EvalConfig, Seq2SeqLitModule
 from s2s.model import Seq2SeqTransformer
 from s2s.paths import project_root  # noqa: F401  (registers ${s2s_root:})
@@ -88,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_same_architecture(model_config, resumed.config, f"ckpt_path={ckpt_path}")
     if pretrained is not None:
         check_same_architecture(model_config, pretrained.config, f"init_from={cfg.init_from}")
-    model = Seq2SeqTransformer(model_config)
+    model = kernels.install(Seq2SeqTransformer(model_config))  # S2S_KERNELS=0: plain
     if pretrained is not None and resumed is None:  # a resume restores its own weights
         load_weights(model, pretrained.state_dict, pretrained.source)
         log.info("initialised from %s", cfg.init_from)
@@ -300,15 +300,13 @@ def _save_run_files(
     if not trainer.is_global_zero:
         return
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    _write_atomic(output_dir / "model_config.json", json.dumps(config.to_dict(), indent=2))
+    for name, text in (
+        ("config.yaml", OmegaConf.to_yaml(cfg, resolve=True)),
+        ("model_config.json", json.dumps(config.to_dict(), indent=2)),
+    ):
+        with atomic_write(output_dir / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     tokenizer.save(output_dir / "tokenizer.json")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _report(result: dict[str, Any], trainer: L.Trainer) -> None:

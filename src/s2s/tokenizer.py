@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from s2s.files import new_file_mode
+from s2s.files import atomic_write
 
 PAD, EOS, BOS, MASK = "<pad>", "</s>", "<s>", "<mask>"
 MAX_TRAINING_RUN = 256  # non-space characters; longer runs are split for training (module doc)
@@ -181,16 +179,8 @@ class Tokenizer:
         path = Path(path)
         if path.is_dir() or path.suffix != ".json":
             path = path / "tokenizer.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tokenizer.", suffix=".tmp")
-        os.close(fd)
-        try:
-            self.backend.save(tmp)
-            os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; others may read a tokenizer
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_write(path) as tmp:
+            self.backend.save(str(tmp))
         return path
 
     def digest(self) -> str:

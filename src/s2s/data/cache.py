@@ -11,14 +11,13 @@ Ids are stored ragged: one flat int32 array plus offsets, row i = ids[offsets[i]
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from s2s.data.records import Records, read_bytes, read_records
+from s2s.files import atomic_write
 from s2s.tokenizer import Tokenizer
 
 CACHE_VERSION = 1
@@ -102,14 +101,8 @@ def _save(tokenized: TokenizedFile, entry: Path) -> None:
             "targets_ids": tokenized.targets.ids,
             "targets_offsets": tokenized.targets.offsets,
         }
-    fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, kind=np.array(tokenized.kind), **arrays)
-        os.replace(tmp, entry)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(entry) as tmp, tmp.open("wb") as handle:
+        np.savez(handle, kind=np.array(tokenized.kind), **arrays)
 
 
 def _load(path: Path, entry: Path) -> TokenizedFile:

@@ -61,8 +61,8 @@ def reorder_self_attention(cache: DecoderCache, rows: Tensor) -> None:
 
     `DecoderCache.reorder` also copies the cross-attention keys/values, but those depend only
     on the source, and a beam step only moves rows among the K beams of the same input, whose
-    cross-attention entries are identical: copying them would change nothing (and was ~10% of
-    the time of a 4-beam search at batch 8).
+    cross-attention entries are identical: copying them would change nothing but the time it
+    takes (benchmarks/README.md).
     """
     for layer in cache.layers:
         layer.reorder_self(rows)

@@ -6,7 +6,8 @@ MASK CONVENTION (the only one in this project): masks are bool and True means "m
 A padding mask is (B, L) with True (or 1) at real tokens. `build_mask` turns padding, the
 causal constraint and an additive position bias into what the kernel wants, once per stack;
 `attend` consumes it with either torch's fused `scaled_dot_product_attention` ("sdpa") or the
-explicit softmax(QK^T)V reference ("math"). Both give the same numbers.
+explicit softmax(QK^T)V reference ("math"). Both give the same numbers. (`s2s.kernels` adds a
+faster CPU path for training and decoding on top of these modules; nothing here depends on it.)
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from s2s.model.cache import LayerCache
-from s2s.model.cpu_attention import CpuAttention, masked_scores
-from s2s.model.dropout import dropout_into
-from s2s.model.linear import Linear
 from s2s.model.positions import RotaryAngles
 
 
@@ -94,66 +92,30 @@ def attend(
 ) -> Tensor:
     """Scaled dot-product attention: q (B, H, T, Dh), k and v (B, H, S, Dh) -> (B, H, T, Dh).
 
-    "sdpa" calls torch's fused kernel where it has one for these inputs; otherwise, when
-    autograd records a float32 CPU attention, `CpuAttention` (this math with an in-place
-    backward); otherwise the math below. The math beats SDPA's own unfused fallback (1.7x
-    on T5-small's encoder attention under bf16 autocast on a 2-core EPYC; the fallback also
-    scales q and k apart and checks for fully masked rows) and draws its dropout mask with
-    `s2s.model.dropout`. "math" always runs the math below, the readable reference.
+    "sdpa" calls torch's `scaled_dot_product_attention` (a fused kernel where torch has one
+    for these inputs); "math" is the same computation written out, the reference the tests
+    hold SDPA to: softmax(scale * Q K^T + bias, masked) V (Vaswani et al. 2017, Sec. 3.2.1).
     """
-    if backend == "sdpa" and sdpa_is_fused(q, mask, dropout):
+    if backend == "sdpa":
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask.tensor, dropout_p=dropout, is_causal=mask.is_causal, scale=scale
         )
-    bias, allowed = _bias_and_allowed(mask, q.shape[-2], k.shape[-2], q.device)
-    if backend == "sdpa" and _float32_cpu_training(q, k, v):
-        return CpuAttention.apply(q, k, v, bias, allowed, scale, dropout)
-    scores = masked_scores(q, k, bias, allowed, scale)  # (B, H, T, S)
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    # dropout(P) V, with the scale applied to the (B, H, T, Dh) output rather than the S-wide
-    # P on CPU (a T5-small encoder layer's P is 33 MB in float32, its bool mask 8 MB)
-    return dropout_into(probs, dropout, lambda p: torch.matmul(p, v), training=dropout > 0.0)
-
-
-def _float32_cpu_training(q: Tensor, k: Tensor, v: Tensor) -> bool:
-    """Whether autograd records a float32 attention on CPU (`s2s.model.cpu_attention`).
-
-    Not under autocast: its matmuls would run in bf16 inside the function (and rotary q, k
-    stay float32 while v is bf16)."""
-    return (
-        q.device.type == "cpu"
-        and q.dtype == k.dtype == v.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and torch.is_grad_enabled()
-        and (q.requires_grad or k.requires_grad or v.requires_grad)
-    )
-
-
-def _bias_and_allowed(
-    mask: AttentionMask, q_len: int, k_len: int, device: torch.device
-) -> tuple[Tensor | None, Tensor | None]:
-    """The mask as (float additive bias, bool "may attend"), either None."""
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    allowed = mask.tensor if mask.tensor is not None and mask.tensor.dtype == torch.bool else None
     if mask.is_causal:
-        return None, causal_mask(q_len, k_len, device)
-    if mask.tensor is not None and mask.tensor.dtype == torch.bool:
-        return None, mask.tensor
-    return mask.tensor, None
+        allowed = causal_mask(q.shape[-2], k.shape[-2], q.device)  # (1, 1, T, S)
+    if allowed is not None:
+        # masked_fill (not adding -inf) keeps rows finite and never overflows
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    elif mask.tensor is not None:
+        scores = scores + mask.tensor  # an additive bias, masked entries already at the minimum
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, T, S)
+    if dropout > 0.0:
+        probs = F.dropout(probs, dropout)
+    return torch.matmul(probs, v)  # (B, H, T, Dh)
 
 
-def sdpa_is_fused(q: Tensor, mask: AttentionMask, dropout: float) -> bool:
-    """Whether `F.scaled_dot_product_attention` runs a fused kernel rather than its math.
-
-    On CPU (checked with torch 2.13) the fused (flash) kernel takes no dropout and no mask
-    that needs a gradient, such as T5's learned relative bias in training. CUDA's
-    memory-efficient kernel takes both.
-    """
-    if q.device.type != "cpu":
-        return True
-    bias_needs_grad = mask.tensor is not None and mask.tensor.requires_grad
-    return dropout == 0.0 and not bias_needs_grad
-
-
-def _split_heads(x: Tensor, n_parts: int, n_heads: int) -> list[Tensor]:
+def split_heads(x: Tensor, n_parts: int, n_heads: int) -> list[Tensor]:
     """(B, L, n_parts * H * Dh) -> n_parts tensors of shape (B, H, L, Dh), as views."""
     b, length, _ = x.shape
     x = x.view(b, length, n_parts, n_heads, -1)  # (B, L, n_parts, H, Dh)
@@ -161,14 +123,15 @@ def _split_heads(x: Tensor, n_parts: int, n_heads: int) -> list[Tensor]:
     return list(x.unbind(0))
 
 
-def _merge_heads(x: Tensor) -> Tensor:
+def merge_heads(x: Tensor) -> Tensor:
     """(B, H, T, Dh) -> (B, T, H * Dh)."""
     b, h, t, dh = x.shape
     return x.transpose(1, 2).reshape(b, t, h * dh)  # (B, T, H * Dh)
 
 
-class SelfAttention(nn.Module):
-    """Self-attention with one fused q/k/v projection D -> 3 * H * Dh."""
+class _Attention(nn.Module):
+    """What self- and cross-attention share: heads, scale, dropout, backend, the output
+    projection, and the step from projected heads to the output."""
 
     def __init__(
         self,
@@ -186,8 +149,26 @@ class SelfAttention(nn.Module):
         self.scale = d_head**-0.5 if scale else 1.0
         self.dropout = dropout
         self.backend = backend
-        self.qkv = Linear(d_model, 3 * n_heads * d_head, bias=bias)
-        self.out = Linear(n_heads * d_head, d_model, bias=bias)
+        # the subclass's input projections first, `out` last: parameter order (and so
+        # initialisation and optimizer state order) as in every checkpoint so far
+        self.make_input_projections(d_model, n_heads * d_head, bias)
+        self.out = nn.Linear(n_heads * d_head, d_model, bias=bias)
+
+    def make_input_projections(self, d_model: int, inner: int, bias: bool) -> None:
+        raise NotImplementedError
+
+    def attend_and_project(self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask) -> Tensor:
+        """q (B, H, T, Dh) over k, v (B, H, S, Dh) -> (B, T, D): `attend`, heads merged, `out`."""
+        dropout = self.dropout if self.training else 0.0
+        y = attend(q, k, v, mask, scale=self.scale, dropout=dropout, backend=self.backend)
+        return self.out(merge_heads(y))
+
+
+class SelfAttention(_Attention):
+    """Self-attention with one fused q/k/v projection D -> 3 * H * Dh."""
+
+    def make_input_projections(self, d_model: int, inner: int, bias: bool) -> None:
+        self.qkv = nn.Linear(d_model, 3 * inner, bias=bias)
 
     def forward(
         self,
@@ -198,38 +179,20 @@ class SelfAttention(nn.Module):
         cache: LayerCache | None = None,
     ) -> Tensor:
         """x (B, T, D) -> (B, T, D). With a cache, new keys/values are appended to it."""
-        q, k, v = _split_heads(self.qkv(x), 3, self.n_heads)  # each (B, H, T, Dh)
+        q, k, v = split_heads(self.qkv(x), 3, self.n_heads)  # each (B, H, T, Dh)
         if rotary is not None:
             q, k = rotary.rotate(q), rotary.rotate(k)
         if cache is not None:
             k, v = cache.append_self(k, v)  # (B, H, S, Dh) with S = past + T
-        dropout = self.dropout if self.training else 0.0
-        y = attend(q, k, v, mask, scale=self.scale, dropout=dropout, backend=self.backend)
-        return self.out(_merge_heads(y))
+        return self.attend_and_project(q, k, v, mask)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Attention):
     """Decoder-to-encoder attention: q from D -> H * Dh, fused k/v from D -> 2 * H * Dh."""
 
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        d_head: int,
-        *,
-        bias: bool,
-        scale: bool,
-        dropout: float,
-        backend: str,
-    ) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-        self.scale = d_head**-0.5 if scale else 1.0
-        self.dropout = dropout
-        self.backend = backend
-        self.q = Linear(d_model, n_heads * d_head, bias=bias)
-        self.kv = Linear(d_model, 2 * n_heads * d_head, bias=bias)
-        self.out = Linear(n_heads * d_head, d_model, bias=bias)
+    def make_input_projections(self, d_model: int, inner: int, bias: bool) -> None:
+        self.q = nn.Linear(d_model, inner, bias=bias)
+        self.kv = nn.Linear(d_model, 2 * inner, bias=bias)
 
     def forward(
         self,
@@ -247,17 +210,15 @@ class CrossAttention(nn.Module):
         q and k are rotated like self-attention's, so q.k depends on target - source position
         (`ModelConfig.rotary_cross_attention`); cached keys are stored rotated.
         """
-        (q,) = _split_heads(self.q(x), 1, self.n_heads)  # (B, H, T, Dh)
+        (q,) = split_heads(self.q(x), 1, self.n_heads)  # (B, H, T, Dh)
         if rotary is not None:
             q = rotary.rotate(q)
         if cache is not None and cache.cross_k is not None:
             k, v = cache.cross_k, cache.cross_v
         else:
-            k, v = _split_heads(self.kv(memory), 2, self.n_heads)  # each (B, H, S, Dh)
+            k, v = split_heads(self.kv(memory), 2, self.n_heads)  # each (B, H, S, Dh)
             if memory_rotary is not None:
                 k = memory_rotary.rotate(k)
             if cache is not None:
                 cache.cross_k, cache.cross_v = k.contiguous(), v.contiguous()
-        dropout = self.dropout if self.training else 0.0
-        y = attend(q, k, v, mask, scale=self.scale, dropout=dropout, backend=self.backend)
-        return self.out(_merge_heads(y))
+        return self.attend_and_project(q, k, v, mask)

@@ -5,8 +5,8 @@ S source length, Dh head dim, C capacity (positions the buffers can hold).
 
 Self-attention keys/values grow by the number of new target positions at every `decode`
 call. They are written into preallocated (B, H, C, Dh) buffers, so a step copies only its
-own new keys and values; concatenating to the past would copy all of them every step, which
-was 13% of greedy decoding at batch 8 (d_model 256, 64 new tokens). A buffer that fills up
+own new keys and values; concatenating to the past would copy all of them every step
+(a measurable share of greedy decoding, benchmarks/README.md). A buffer that fills up
 doubles. Cross-attention keys/values are computed from the encoder output on the first call
 and reused afterwards. `offset` counts the target positions already decoded, which is the
 absolute position of the next query (needed by every positional scheme).

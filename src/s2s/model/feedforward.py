@@ -9,8 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from s2s.config import ACTIVATIONS
-from s2s.model.dropout import Dropout
-from s2s.model.linear import Linear
 
 
 def activate(x: Tensor, activation: str) -> Tensor:
@@ -47,9 +45,9 @@ class FeedForward(nn.Module):
         super().__init__()
         self.activation = activation
         self.gated = gated
-        self.wi = Linear(d_model, (2 if gated else 1) * d_ff, bias=bias)
-        self.wo = Linear(d_ff, d_model, bias=bias)
-        self.dropout = Dropout(dropout)
+        self.wi = nn.Linear(d_model, (2 if gated else 1) * d_ff, bias=bias)
+        self.wo = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
 

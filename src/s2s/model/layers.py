@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from s2s.config import ModelConfig
 from s2s.model.attention import AttentionMask, CrossAttention, SelfAttention
 from s2s.model.cache import LayerCache
-from s2s.model.dropout import Dropout
 from s2s.model.feedforward import FeedForward
 from s2s.model.norms import make_norm
 from s2s.model.positions import RotaryAngles
@@ -52,7 +51,7 @@ class _Residual(nn.Module):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
         self.norm = make_norm(config.norm, config.d_model, config.norm_eps)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
         if self.pre_norm:

@@ -2,12 +2,12 @@
 
 Notation: D model dim; inputs are (..., D) and outputs have the same shape and dtype.
 
-RMSNorm runs at every sublayer, 13 times per token in a 4-layer decoder, where a step is
-mostly per-op overhead at small sizes, so its math is written in cheap ops: sum then divide
-(`mean` adds a dtype round trip; torch's `rms_norm` on CPU is that same composite plus
-casts): 11 vs 21 us for 8 rows of 256 between two linears on a 2-core EPYC, torch 2.13,
-bit-identical. LayerNorm without autograd on float32 inputs calls torch's fused kernel
-(one op instead of ten, equal up to float rounding); with autograd it keeps the math.
+RMSNorm runs at every sublayer, where a decoding step is mostly per-op overhead at small
+sizes, so its math is written in cheap ops: sum then divide (`mean` adds a dtype round trip;
+torch's `rms_norm` on CPU is that same composite plus casts), bit-identical and about twice
+as fast (benchmarks/README.md). LayerNorm without autograd on float32 inputs calls torch's
+fused kernel (one op instead of ten, equal up to float rounding); with autograd it keeps the
+math.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x.float() if x.dtype != torch.float32 else x  # (a no-op call costs ~1 us)
+        h = x.float() if x.dtype != torch.float32 else x  # (even a no-op call costs time)
         mean_square = torch.sum(h * h, dim=-1, keepdim=True).div_(h.shape[-1])  # (..., 1)
         h = h * mean_square.add_(self.eps).rsqrt_()
         return (h.to(x.dtype) if x.dtype != torch.float32 else h) * self.weight

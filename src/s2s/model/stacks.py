@@ -16,8 +16,6 @@ from torch import Tensor, nn
 from s2s.config import ModelConfig
 from s2s.model.attention import build_mask
 from s2s.model.cache import DecoderCache
-from s2s.model.decode_step import can_step, layer_step
-from s2s.model.dropout import Dropout
 from s2s.model.layers import DecoderLayer, EncoderLayer
 from s2s.model.norms import make_norm
 from s2s.model.positions import (
@@ -47,7 +45,7 @@ class InputEmbedding(nn.Module):
             if config.embedding_norm
             else None
         )
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
         """ids (B, L) -> (B, L, D); `offset` is the absolute position of ids[:, 0]."""
@@ -87,7 +85,7 @@ class _Stack(nn.Module):
         self.final_norm = (
             make_norm(config.norm, config.d_model, config.norm_eps) if config.final_norm else None
         )
-        self.final_dropout = Dropout(config.dropout)
+        self.final_dropout = nn.Dropout(config.dropout)
 
     def _bias(self, q_len: int, k_len: int, offset: int) -> Tensor | None:
         if self.relative_bias is None:
@@ -134,9 +132,6 @@ class Decoder(_Stack):
         super().__init__(config, tokens, bidirectional=False)
         self.rotary_cross_attention = config.uses_rotary_cross_attention
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
-        # set by `Seq2SeqTransformer.decoding_layout`: one-position steps may take
-        # `s2s.model.decode_step.layer_step` (see `steps_can_skip_modules` for when)
-        self.fast_steps = False
 
     def forward(
         self,
@@ -171,15 +166,11 @@ class Decoder(_Stack):
         )
         layer_caches = cache.layers if cache is not None else [None] * len(self.layers)
         memory_rotary = None
-        first_use = cache is None or cache.layers[-1].cross_k is None  # (last: a retry of an
-        # interrupted first call must rotate the keys it computes)
-        if self.rotary_cross_attention and first_use:  # cached cross keys are already rotated
+        # source angles only while some layer still computes its cross keys (cached ones are
+        # stored rotated); the last layer is the last to cache them, even after an interrupt
+        if self.rotary_cross_attention and (cache is None or cache.layers[-1].cross_k is None):
             memory_rotary = self._rotary(s, 0, x)
-        fast = self.fast_steps and can_step(x, layer_caches[-1], self.training)
         for layer, layer_cache in zip(self.layers, layer_caches, strict=True):
-            if fast:
-                x = layer_step(layer, x, self_mask, memory_mask, rotary, layer_cache)
-                continue
             x = layer(
                 x, self_mask, encoder_hidden_states, memory_mask, rotary, layer_cache, memory_rotary
             )

@@ -10,8 +10,6 @@ For generation, `encode` once, then call `decode` repeatedly with the returned c
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -20,9 +18,7 @@ from torch import Tensor, nn
 from s2s.config import ModelConfig
 from s2s.model.attention import CrossAttention, SelfAttention
 from s2s.model.cache import DecoderCache
-from s2s.model.decode_step import steps_can_skip_modules
 from s2s.model.feedforward import FeedForward
-from s2s.model.linear import DecodeWeight, Memo, decoding_layout
 from s2s.model.norms import LayerNorm, RMSNorm
 from s2s.model.positions import LearnedPositions, RelativePositionBias
 from s2s.model.stacks import Decoder, Encoder
@@ -60,8 +56,6 @@ class Seq2SeqTransformer(nn.Module):
             if config.tie_embeddings
             else nn.Linear(config.d_model, config.vocab_size, bias=False)
         )
-        self.head_decode: DecodeWeight | None = None  # set only by `decoding_layout`
-        self._layout_memo: Memo | None = None  # set only by `decoding_session`
         self.logit_scale = config.d_model**-0.5 if config.scale_logits else 1.0
         if config.final_logits_bias:
             # a buffer, as in BART: loaded from checkpoints, never trained
@@ -115,10 +109,7 @@ class Seq2SeqTransformer(nn.Module):
         """Decoder output (B, T, D) -> logits (B, T, V)."""
         if self.logit_scale != 1.0:
             hidden = hidden * self.logit_scale
-        if self.head_decode is not None and not torch.is_grad_enabled():
-            logits = self.head_decode.apply(hidden, None)  # see `decoding_layout`
-        else:
-            logits = nn.functional.linear(hidden, self.head_weight)
+        logits = nn.functional.linear(hidden, self.head_weight)
         if self.final_logits_bias is not None:
             logits = logits + self.final_logits_bias
         return logits
@@ -136,47 +127,6 @@ class Seq2SeqTransformer(nn.Module):
         """An empty cache for `decode`, preallocated for `capacity` target positions (it grows
         beyond them if needed; 0 allocates as decoding goes)."""
         return self.decoder.new_cache(capacity)
-
-    @contextmanager
-    def decoding_layout(self, rows: int) -> Iterator[None]:
-        """Within the block, the decoder and LM head multiply inputs of `rows` rows (batch, or
-        batch x beams) by copies of their weights laid out for that, when autograd is off
-        (faster token-by-token decoding on CPU; `s2s.model.linear`). The copies are dropped
-        at the end, unless a `decoding_session` keeps them. One-position steps also skip
-        the decoder's module calls where that cannot change what runs: no hook, no patched
-        or replaced module, eval mode (`s2s.model.decode_step`)."""
-        head = {"lm_head": self.head_weight} if self.head_weight.device.type == "cpu" else {}
-        with decoding_layout(self.decoder, rows, self._layout_memo, extra=head) as made:
-            fast_steps = self.decoder.fast_steps
-            try:
-                self.head_decode = made.get("lm_head")
-                self.decoder.fast_steps = steps_can_skip_modules(self.decoder)
-                yield
-            finally:
-                self.head_decode = None
-                self.decoder.fast_steps = fast_steps
-
-    @contextmanager
-    def decoding_session(self) -> Iterator[None]:
-        """Within the block, each decoding layout is made once and reused by every later
-        `generate` call with the same rows (batch x beams), instead of once per call; a call
-        with other rows replaces them (one copy of the weights at most).
-
-        The weights must not change inside the block. A layout whose weight was replaced
-        (`model.to(...)`, `load_state_dict(assign=True)`) or edited in place is remade, but
-        only in-place edits that bump the tensor's version counter are seen (`load_state_dict`,
-        foreach optimizers; torch's fused AdamW and `.data` edits, e.g. an EMA, are not), so
-        do not train inside a session. Sessions nest (the outermost one keeps
-        the layouts); leaving the outermost frees them.
-        """
-        if self._layout_memo is not None:
-            yield
-            return
-        self._layout_memo = {}
-        try:
-            yield
-        finally:
-            self._layout_memo = None
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

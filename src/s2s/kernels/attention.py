@@ -1,6 +1,16 @@
-"""Attention for float32 training on CPU: the math of `attend` with a hand-written backward.
+"""Attention on CPU: `s2s.model.attention.attend` with fewer (B, H, T, S) tensors.
 
 Notation: B batch, H heads, T queries, S keys, Dh head dim.
+
+`attend` below is the twin of the model's: where torch's SDPA has a fused CPU kernel for the
+inputs it calls it; otherwise (dropout, or a bias that needs a gradient), for float32 training,
+`CpuAttention` (the math with an in-place backward, below), else the math with the scores
+edited in place and the dropout scale applied to the (B, H, T, Dh) output
+(`s2s.kernels.dropout.dropout_into`). Why: torch's own unfused fallback is slower than that
+math (benchmarks/README.md). `SelfAttentionKernel` and `CrossAttentionKernel` are the model's
+attention modules routed through it (`s2s.kernels.install`).
+
+The float32 training path:
 
     scores = scale * Q K^T + bias (masked entries at the dtype's minimum)
     P      = softmax(scores)                       (B, H, T, S)
@@ -15,17 +25,90 @@ softmax gradient (Dao et al. 2022, "FlashAttention", Appendix B.2):
     dS = P * (dP - D),   D_i = sum_j P_ij dP_ij = dO_i . O_i      (B, H, T, 1)
 
 where dP = dL/dP. The forward also works in place (the softmax overwrites the scores), and
-only P, the bool keep mask, Q, K, V and O are kept for the backward. `attend` uses this on
-CPU when autograd records a float32 attention; the result and gradients equal the math path
-(tests/test_attention.py).
+only P, the bool keep mask, Q, K, V and O are kept for the backward. The result and gradients
+equal the math path (tests/test_kernels.py).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from s2s.model.dropout import keep_mask, keep_scale
+from s2s.kernels.dropout import dropout_into, keep_mask, keep_scale
+from s2s.model.attention import (
+    AttentionMask,
+    CrossAttention,
+    SelfAttention,
+    causal_mask,
+    merge_heads,
+)
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: AttentionMask,
+    *,
+    scale: float,
+    dropout: float,
+    backend: str,
+) -> Tensor:
+    """`s2s.model.attention.attend` (same arguments, same function), faster on CPU.
+
+    "sdpa": torch's kernel where it is fused for these inputs, else `CpuAttention` when
+    autograd records a float32 CPU attention, else the math below. "math": the math below.
+    """
+    if backend == "sdpa" and sdpa_is_fused(q, mask, dropout):
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.tensor, dropout_p=dropout, is_causal=mask.is_causal, scale=scale
+        )
+    bias, allowed = _bias_and_allowed(mask, q.shape[-2], k.shape[-2], q.device)
+    if backend == "sdpa" and _float32_cpu_training(q, k, v):
+        return CpuAttention.apply(q, k, v, bias, allowed, scale, dropout)
+    scores = masked_scores(q, k, bias, allowed, scale)  # (B, H, T, S)
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    # dropout(P) V, scaled on the (B, H, T, Dh) output rather than the S-wide P
+    return dropout_into(probs, dropout, lambda p: torch.matmul(p, v), training=dropout > 0.0)
+
+
+def sdpa_is_fused(q: Tensor, mask: AttentionMask, dropout: float) -> bool:
+    """Whether `F.scaled_dot_product_attention` runs a fused kernel rather than its math.
+
+    On CPU (checked with torch 2.13) the fused (flash) kernel takes no dropout and no mask
+    that needs a gradient, such as T5's learned relative bias in training. CUDA's
+    memory-efficient kernel takes both.
+    """
+    if q.device.type != "cpu":
+        return True
+    bias_needs_grad = mask.tensor is not None and mask.tensor.requires_grad
+    return dropout == 0.0 and not bias_needs_grad
+
+
+def _float32_cpu_training(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether autograd records a float32 attention on CPU (`CpuAttention`).
+
+    Not under autocast: its matmuls would run in bf16 inside the function (and rotary q, k
+    stay float32 while v is bf16)."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype == k.dtype == v.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and torch.is_grad_enabled()
+        and (q.requires_grad or k.requires_grad or v.requires_grad)
+    )
+
+
+def _bias_and_allowed(
+    mask: AttentionMask, q_len: int, k_len: int, device: torch.device
+) -> tuple[Tensor | None, Tensor | None]:
+    """The mask as (float additive bias, bool "may attend"), either None."""
+    if mask.is_causal:
+        return None, causal_mask(q_len, k_len, device)
+    if mask.tensor is not None and mask.tensor.dtype == torch.bool:
+        return None, mask.tensor
+    return mask.tensor, None
 
 
 def masked_scores(
@@ -34,7 +117,7 @@ def masked_scores(
     """scale * Q K^T + bias, with entries not `allowed` at the dtype's minimum: (B, H, T, S).
 
     The edits are in place on the matmul's fresh output (its backward needs q and k, not
-    the output), so no second (B, H, T, S) tensor is made. Shared with `attend`'s math path.
+    the output), so no second (B, H, T, S) tensor is made.
     """
     scores = torch.matmul(q, k.transpose(-2, -1))
     if scale != 1.0:
@@ -111,3 +194,20 @@ def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
     dims = [i for i, (g, b) in enumerate(zip(grad.shape, padded, strict=True)) if b == 1 and g != 1]
     summed = grad.sum(dim=dims, keepdim=True) if dims else grad.clone()
     return summed.reshape(shape)
+
+
+class _KernelAttention:
+    """The model's `attend_and_project` through this module's `attend`."""
+
+    def attend_and_project(self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask) -> Tensor:
+        dropout = self.dropout if self.training else 0.0
+        y = attend(q, k, v, mask, scale=self.scale, dropout=dropout, backend=self.backend)
+        return self.out(merge_heads(y))
+
+
+class SelfAttentionKernel(_KernelAttention, SelfAttention):
+    """`SelfAttention` with the CPU `attend`."""
+
+
+class CrossAttentionKernel(_KernelAttention, CrossAttention):
+    """`CrossAttention` with the CPU `attend`."""

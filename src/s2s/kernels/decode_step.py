@@ -2,23 +2,19 @@
 
 Notation: B batch (times beams), D model dim, H heads, Dh head dim, S source length.
 
-Decoding one token at a time runs every decoder sublayer on a (B, 1, D) input, where each
-operation does little work and Python's per-call cost does not shrink with it:
-`DecoderLayer.forward` makes 16 nn.Module calls (each ~1.5 us through `Module.__call__`'s
-hook checks), builds three lambdas and goes through `_Residual`, `attend`'s dispatch and the
-attention and feed-forward modules. `layer_step` computes exactly the same thing for one new
-position, reading the same parameters and calling the same kernels, as one flat function:
-each Python call costs ~0.7 us in a decoding step (its code is cold after the weight
-products), so even helper functions were inlined. In-process A/B on the generation
-benchmark's model (d_model 256, 4+4 layers, vocabulary 8192, 1 thread, 2-core EPYC): greedy
-steps 1.06x faster at batch 8, 1.07-1.10x at batch 1, the same tokens (a first version that
-still called `_split_heads`, `attend`, ... gained 0-3%).
+Why: decoding one token at a time runs every decoder sublayer on a (B, 1, D) input, where each
+operation does little work and Python's per-call cost does not shrink with it (a layer's
+`forward` makes 16 module calls, builds lambdas and goes through `_Residual` and the attention
+and feed-forward modules). `layer_step` computes exactly the same thing for one new position,
+reading the same parameters and calling the same kernels, as one flat function; even helper
+functions were inlined (timings: benchmarks/README.md).
 
 Because it calls `forward` methods directly, module hooks would not run, and a module that a
-user subclassed or patched would be bypassed, so the decoder uses it only where neither is
-the case (`steps_can_skip_modules`, checked when `decoding_layout` starts: inference, eval
-mode). tests/test_decode_step.py checks it against `DecoderLayer.forward` for every
-positional scheme, norm placement and feed-forward kind.
+user subclassed or patched would be bypassed, so `FlatDecoderLayer` (the kernel twin of
+`DecoderLayer`) takes it only where neither is the case (`steps_can_skip_modules`, checked
+when `s2s.kernels.decoding_layout` starts: inference, eval mode). tests/test_kernels_decode.py
+checks it against `DecoderLayer.forward` for every positional scheme, norm placement and
+feed-forward kind.
 """
 
 from __future__ import annotations
@@ -28,32 +24,46 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as torch_module
 
+from s2s.kernels.dropout import Dropout
+from s2s.kernels.linear import DecodeLinear
 from s2s.model.attention import AttentionMask, CrossAttention, SelfAttention, attend
 from s2s.model.cache import LayerCache
-from s2s.model.dropout import Dropout
 from s2s.model.feedforward import FeedForward, activate
 from s2s.model.layers import DecoderLayer, _Residual
-from s2s.model.linear import Linear
 from s2s.model.norms import LayerNorm, RMSNorm
 from s2s.model.positions import RotaryAngles
 
+
+class FlatDecoderLayer(DecoderLayer):
+    """`DecoderLayer` whose one-position inference steps run `layer_step` while `flat` is set."""
+
+    flat = False  # set by `s2s.kernels.decoding_layout` where `steps_can_skip_modules` holds
+
+    def forward(self, x, self_mask, memory, memory_mask, rotary, cache=None, memory_rotary=None):
+        """`DecoderLayer.forward`; `layer_step` for one position of inference while `flat`."""
+        if self.flat and can_step(x, cache, self.training):
+            return layer_step(self, x, self_mask, memory_mask, rotary, cache)
+        return super().forward(x, self_mask, memory, memory_mask, rotary, cache, memory_rotary)
+
+
 # the forward of every class whose calls `layer_step` inlines, as this module first saw it
 _SHIPPED = {
-    cls: cls.forward
+    cls: cls.__dict__["forward"]
     for cls in (
-        DecoderLayer, _Residual, SelfAttention, CrossAttention, FeedForward, Linear, LayerNorm,
-        RMSNorm, Dropout,
+        DecoderLayer, FlatDecoderLayer, _Residual, SelfAttention, CrossAttention, FeedForward,
+        nn.Linear, DecodeLinear, LayerNorm, RMSNorm, nn.Dropout, Dropout,
     )
 }  # fmt: skip
 
 
 def steps_can_skip_modules(decoder: nn.Module) -> bool:
     """Whether `layer_step` computes what calling the decoder's modules would: every module in
-    it is an s2s class (or torch's ModuleList / Embedding) whose `forward` is the one shipped
-    (not replaced on the instance or on the class: a patched, subclassed or swapped module is
-    always called); all in eval mode; and no forward or backward hook registered, globally or
-    on any of them (hooks always run). Module-level functions (`attend`, `activate`) patched
-    by a user are not detected."""
+    it is an s2s class (the model's or a kernel twin; or torch's ModuleList / Embedding) whose
+    `forward`, in every class it inherits from, is the one shipped (not replaced on the
+    instance or on a class: a patched, subclassed or swapped module is always called); all in
+    eval mode; and no forward or backward hook registered, globally or on any of them (hooks
+    always run). Module-level functions (`attend`, `activate`) patched by a user are not
+    detected."""
     global_hooks = (
         "_global_forward_hooks",
         "_global_forward_pre_hooks",
@@ -64,13 +74,18 @@ def steps_can_skip_modules(decoder: nn.Module) -> bool:
         return False
     return all(
         (type(m).__module__.startswith("s2s.") or type(m) in (nn.ModuleList, nn.Embedding))
-        and type(m).forward is _SHIPPED.get(type(m), type(m).forward)
+        and all(_shipped(cls) for cls in type(m).__mro__)
         and "forward" not in m.__dict__
         and not m.training
         and not (m._forward_hooks or m._forward_pre_hooks)
         and not (m._backward_hooks or m._backward_pre_hooks)
         for m in decoder.modules()
     )
+
+
+def _shipped(cls: type) -> bool:
+    forward = cls.__dict__.get("forward")
+    return forward is None or _SHIPPED.get(cls, forward) is forward
 
 
 def layer_step(
@@ -84,8 +99,8 @@ def layer_step(
     """`layer(x, ...)` for x (B, 1, D), one new position, in eval mode, when the cache already
     holds the cross-attention keys and values -> (B, 1, D). Appends to the cache.
 
-    Written flat on purpose: every helper call costs ~0.7 us here, and a layer used to make
-    ~40 of them (`_Residual`, lambdas, `attend`, `_split_heads`, ...).
+    Written flat on purpose: a layer's `forward` makes ~40 helper calls (`_Residual`,
+    lambdas, `attend`, `split_heads`, ...), each costing more than its arithmetic here.
     """
     sa, ca, ffn = layer.self_attn, layer.cross_attn, layer.ffn
     pre_norm = layer.self_attn_block.pre_norm
@@ -123,8 +138,8 @@ def layer_step(
     return x + y if pre_norm else layer.ffn_block.norm.forward(x + y)
 
 
-def _linear(layer: Linear, x: Tensor) -> Tensor:
-    """`layer(x)` without autograd: its decode weight if it has one (`s2s.model.linear`)."""
+def _linear(layer: DecodeLinear, x: Tensor) -> Tensor:
+    """`layer(x)` without autograd: its decode weight if it has one (`s2s.kernels.linear`)."""
     if layer.decode is not None:
         return layer.decode.apply(x, layer.bias)
     return F.linear(x, layer.weight, layer.bias)
@@ -139,13 +154,13 @@ def _attend(module: SelfAttention | CrossAttention, q, k, v, mask: AttentionMask
     return attend(q, k, v, mask, scale=module.scale, dropout=0.0, backend=module.backend)
 
 
-def can_step(x: Tensor, last_cache: LayerCache | None, training: bool) -> bool:
-    """Whether `layer_step` applies: one new position, no autograd, and the cross-attention
-    keys/values cached up to the last layer (`last_cache`)."""
+def can_step(x: Tensor, cache: LayerCache | None, training: bool) -> bool:
+    """Whether `layer_step` applies: one new position, no autograd, and the layer's
+    cross-attention keys/values already cached."""
     return (
         not training
-        and last_cache is not None
-        and last_cache.cross_k is not None
+        and cache is not None
+        and cache.cross_k is not None
         and x.shape[1] == 1
         and not torch.is_grad_enabled()
     )

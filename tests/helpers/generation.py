@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import model_fixtures
 import torch
 
+from helpers import model as model_fixtures
 from s2s.checkpoint import MODEL_PREFIX, metadata
 from s2s.model.transformer import Seq2SeqTransformer
 from s2s.tokenizer import Tokenizer

@@ -1,11 +1,11 @@
-"""Dropout: drop rate, scale, gradient, no-op cases, quantised probability."""
+"""`s2s.kernels.dropout`: drop rate, scale, gradient, no-op cases, quantised probability."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from s2s.model.dropout import Dropout, drop_levels, dropout, keep_mask
+from s2s.kernels.dropout import Dropout, drop_levels, dropout, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -72,6 +72,7 @@ def test_bad_probability_is_rejected():
         Dropout(1.0)
 
 
+@pytest.mark.slow  # torch.compile
 def test_compiles_as_one_graph_with_dynamic_shapes():
     torch.compiler.reset()
     compiled = torch.compile(lambda x: dropout(x, 0.1, training=True), dynamic=True, fullgraph=True)

@@ -1,53 +1,29 @@
-"""A linear layer that can decode with a copy of its weight laid out for few-row products.
+"""Decode weights: copies of a linear layer's weight laid out for few-row products.
 
 Notation: N rows (batch x new positions), I in features, O out features.
 
-Token-by-token decoding multiplies a handful of rows by every decoder weight at every step,
-so a step streams all those weights from memory, and `F.linear(x, W)` (x @ W.T on the (O, I)
-parameter) is far from the memory's speed for so few rows on CPU. Two layouts do better,
-measured with torch 2.13 on the 2-core EPYC, one thread, the 25 weights of a d_model-256,
-4-layer decoder plus an 8192-token head (21 MB, cycled so that they come from memory as in
-real decoding), milliseconds per step:
-
-    rows                         1      2      4      8      32
-    F.linear(x, W)             2.68      -      -   4.37       -
-    x @ W_t, W_t = W.T (I, O)  1.11   1.73   2.86   3.05    6.07
-    oneDNN prepacked W         2.07   1.35   1.60   2.06    4.27
-
-So several rows use oneDNN's prepacked weight (the kernel `torch.compile` itself uses for
-CPU linears; a private torch op, so when it is missing the transpose is used), except small
-weights: oneDNN costs ~15 us a call whatever the size. Per product at 8 rows, weights cycled
-from memory, microseconds:
-
-    weight (O x I)               768 x 256   256 x 256   64 x 64
-    F.linear(x, W)                   209          57        6.6
-    x @ W_t                          189          47        5.0
-    oneDNN prepacked W                92          41       18.3
-
-(a d_model-64 decoder at batch 8: 1.65 ms a step with the transpose, 2.35 with oneDNN).
-One row uses the transpose unless the weight narrows (O < I, the feed-forward `wo`), where
-`F.linear` on the (O, I) weight reads memory faster; one row, T5-small shapes, us:
-
-    weight (O x I)     1536 x 512   2048 x 512   512 x 1024   32128 x 512
-    F.linear(x, W)           353          464          156          7316
-    x @ W_t                  196          217          221          3141
-
-The one-row copies made together are placed back to back in one buffer that Linux backs with
-2 MB pages (`_one_buffer`): a product then streams its weight without a TLB miss every 4 KB.
+Why: token-by-token decoding multiplies a handful of rows by every decoder weight at every
+step, and `F.linear(x, W)` (x @ W.T on the (O, I) parameter) is far from the memory's speed
+for so few rows on CPU (timings: benchmarks/README.md). So, without autograd:
+- one row: a contiguous transpose W.T (I, O), unless the weight narrows (O < I, the
+  feed-forward `wo`), where `F.linear` on W itself reads memory faster;
+- several rows: oneDNN's prepacked weight (the kernel `torch.compile` itself uses for CPU
+  linears; a private torch op, feature-detected, with the transpose as the fallback), except
+  weights under ONEDNN_MIN_ELEMENTS, where oneDNN's fixed cost per call dominates.
+The one-row copies made together go back to back into one huge-page buffer
+(`s2s.kernels.pages`).
 
 `decoding_layout` makes these copies for the span of one `generate` call and drops them
 afterwards, so they can never go stale. Making them costs time too (page faults on fresh
-memory plus the copy: 13% of a 64-token greedy call at batch 1 for T5-small shapes), so a
-caller that decodes many times with fixed weights (generate.py) passes a `memo` that keeps
-them across calls (`Seq2SeqTransformer.decoding_session`). Under autograd the layer always
-uses its parameter. Results equal `F.linear` up to float rounding (summation order).
+memory plus the copy), so a caller that decodes many times with fixed weights (generate.py)
+passes a `memo` that keeps them across calls (`s2s.kernels.decoding_session`). Under
+autograd the layer always uses its parameter. Results equal `F.linear` up to float rounding
+(summation order).
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,6 +31,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from s2s.kernels.pages import one_buffer
 
 ONEDNN_MIN_ELEMENTS = 256 * 256  # smaller weights use the transpose at any row count
 Memo = dict[str, "DecodeWeight"]  # layer name -> its layout, see `make_layouts`
@@ -123,7 +101,7 @@ def make_layouts(
     than one copy of the weights (generate.py's last, smaller batch remakes them once; the
     stale layouts are dropped before the new ones are made, and names not asked for are
     forgotten). The transposed and plain layouts made by one call are written into one buffer
-    that Linux may back with 2 MB pages (`_one_buffer`), so when one of them must be remade,
+    that Linux may back with 2 MB pages (`s2s.kernels.pages`), so when one of them must be remade,
     all of them are.
     """
     made: dict[str, DecodeWeight] = {}
@@ -140,63 +118,12 @@ def make_layouts(
     for name in fresh:
         made[name] = decode_weight(weights[name], rows, copy=False)
     fresh = [name for name in fresh if made[name].kind != "onednn"]  # (packed: opaque tensors)
-    placed = _one_buffer([made[name].tensor for name in fresh])
+    placed = one_buffer([made[name].tensor for name in fresh])
     for name, tensor in zip(fresh, placed, strict=True):
         made[name] = dataclasses.replace(made[name], tensor=tensor)
     if memo is not None:
         memo.update(made)
     return made
-
-
-HUGE_PAGE = 2 * 2**20  # bytes in an x86-64 / arm64 transparent huge page
-_MADV_HUGEPAGE = 14  # Linux's madvise advice number
-
-
-def _one_buffer(tensors: list[Tensor]) -> list[Tensor]:
-    """Contiguous copies of `tensors`, back to back in one buffer that starts on a 2 MB
-    boundary and is advised for huge pages, when they are CPU tensors of one dtype filling at
-    least one huge page; otherwise `t.contiguous()` of each (no copy if already contiguous).
-
-    A one-row product reads its weight once, and with 4 KB pages every 4 KB costs a TLB miss:
-    512 x 512 float32 products (1 MB) ran 8-10% faster from huge pages on the 2-core EPYC, and
-    greedy decoding at batch 1 4-5% faster (d_model 256) and 7-8% (T5-small shapes). Linux
-    backs an `madvise(MADV_HUGEPAGE)` region with huge pages when transparent huge pages are
-    "always" or "madvise" (the usual default); where the advice is refused or unknown, the
-    buffer is an ordinary one.
-    """
-    if not tensors:
-        return tensors
-    dtype, device = tensors[0].dtype, tensors[0].device
-    size = tensors[0].element_size()
-    align = 64 // size  # start every copy on a cache line
-    offsets, total = [], 0
-    for t in tensors:
-        offsets.append(total)
-        total += -(-t.numel() // align) * align
-    one_kind = all(t.dtype == dtype and t.device == device for t in tensors)
-    if device.type != "cpu" or not one_kind or total * size < HUGE_PAGE:
-        return [t.contiguous() for t in tensors]
-    raw = torch.empty(total + HUGE_PAGE // size, dtype=dtype, device=device)
-    start = -(-raw.data_ptr() // HUGE_PAGE) * HUGE_PAGE  # within the first huge page of raw
-    if sys.platform == "linux":
-        # whole huge pages only, all inside raw; advised before the copies below touch them
-        _advise_huge_pages(start, total * size // HUGE_PAGE * HUGE_PAGE)
-    buffer = raw[(start - raw.data_ptr()) // size :]
-    return [
-        buffer[offset : offset + t.numel()].view(t.shape).copy_(t)
-        for offset, t in zip(offsets, tensors, strict=True)
-    ]
-
-
-def _advise_huge_pages(address: int, length: int) -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-    except (OSError, AttributeError):
-        return False
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    madvise.restype = ctypes.c_int
-    return madvise(address, length, _MADV_HUGEPAGE) == 0
 
 
 def _onednn_available() -> bool:
@@ -208,7 +135,7 @@ def _onednn_available() -> bool:
     )
 
 
-class Linear(nn.Linear):
+class DecodeLinear(nn.Linear):
     """`nn.Linear` plus an optional inference-only decode weight, see the module doc."""
 
     decode: DecodeWeight | None = None  # set by `decoding_layout`
@@ -227,7 +154,7 @@ def decoding_layout(
     memo: Memo | None = None,
     extra: dict[str, Tensor] | None = None,
 ) -> Iterator[dict[str, DecodeWeight]]:
-    """Within the block, every `Linear` inside `module` on the CPU multiplies its inputs of
+    """Within the block, every `DecodeLinear` inside `module` on the CPU multiplies its inputs of
     `rows` rows by a decode weight; other devices keep their layout (not measured there).
     With `memo`, layouts made by an earlier block for the same rows are reused. Yields every
     layout by name, including those of the `extra` weights (made together, see
@@ -235,7 +162,7 @@ def decoding_layout(
     layers = {
         name: m
         for name, m in module.named_modules()
-        if isinstance(m, Linear) and m.weight.device.type == "cpu"
+        if isinstance(m, DecodeLinear) and m.weight.device.type == "cpu"
     }
     weights = {name: layer.weight for name, layer in layers.items()}
     made = make_layouts(weights | (extra or {}), rows, memo)

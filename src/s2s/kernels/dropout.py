@@ -1,16 +1,17 @@
-"""Dropout (Srivastava et al. 2014) whose CPU mask is cheap to draw.
+"""Dropout (Srivastava et al. 2014) whose CPU mask is cheap to draw: the twin of `nn.Dropout`.
 
 Notation: inputs are any shape; outputs have the same shape and dtype.
 
-torch's CPU dropout draws one Bernoulli sample per element (`bernoulli_`, single-threaded,
-about 7 ns an element on a 2-core EPYC), which was a fifth of a T5-small training step on
-that CPU. Here each 64-bit random word from the torch generator is cut into four uniform
-16-bit integers u, and an element is dropped when u falls in the lowest round(p * 2**16)
-of the 2**16 values: the drop probability is p rounded to a multiple of 2**-16 (0.1 becomes
-0.1000061; torch's float uniforms are themselves only 24-bit). Kept elements are scaled by
-1 / (1 - that probability), so the expectation is unchanged, and the mask is applied as in
-torch (`x * (keep * scale)` in x's dtype). Under torch.compile on CPU this is also about twice
-as fast as Inductor's own dropout. Other devices keep torch's fused kernel.
+Why: torch's CPU dropout draws one Bernoulli sample per element (`bernoulli_`, single-threaded),
+a large share of a small model's CPU training step (benchmarks/README.md). Here each 64-bit
+random word from the torch generator is cut into four uniform 16-bit integers u, and an
+element is dropped when u falls in the lowest round(p * 2**16) of the 2**16 values: the drop
+probability is p rounded to a multiple of 2**-16 (0.1 becomes 0.1000061; torch's float
+uniforms are themselves only 24-bit). Kept elements are scaled by 1 / (1 - that
+probability), so the expectation is unchanged, and the mask is applied as in torch
+(`x * (keep * scale)` in x's dtype). Other devices keep torch's fused kernel. The masks differ
+from torch's for the same seed, so a run with `s2s.kernels` installed and one without draw
+different (equally distributed) dropout.
 """
 
 from __future__ import annotations
@@ -65,9 +66,8 @@ def dropout_into(x: Tensor, p: float, linear: Callable[[Tensor], Tensor], traini
     On CPU the scale 1 / (1 - p) is applied to linear's output, not to x: the dropped entries
     of x are zeroed with `torch.where` on the bool mask, which autograd saves instead of a
     float mask. Worth it where x is much wider than the output: attention probabilities
-    (B, H, T, S) before P V (B, H, T, Dh) made a T5-small float32 training step (2 threads)
-    10-12% faster. The feed-forward's (B, T, F) before `wo` (B, T, D) gained nothing
-    measurable, so it keeps `Dropout`.
+    (B, H, T, S) before P V (B, H, T, Dh) (measured in benchmarks/README.md; the
+    feed-forward's (B, T, F) before `wo` gained nothing, so it keeps `Dropout`).
     """
     if not training or p == 0.0:
         return linear(x)
@@ -77,17 +77,13 @@ def dropout_into(x: Tensor, p: float, linear: Callable[[Tensor], Tensor], traini
     return linear(torch.where(keep, x, 0.0)) * keep_scale(p)
 
 
-class Dropout(nn.Module):
-    """`dropout` as a module; a no-op in eval mode or when p is 0."""
+class Dropout(nn.Dropout):
+    """`nn.Dropout` drawing its CPU mask with `dropout`; a no-op in eval mode or when p is 0."""
 
-    def __init__(self, p: float) -> None:
-        super().__init__()
+    def __init__(self, p: float = 0.5) -> None:
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability {p} must be in [0, 1)")
-        self.p = p
+        super().__init__(p)
 
     def forward(self, x: Tensor) -> Tensor:
         return dropout(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"

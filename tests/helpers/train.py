@@ -1,0 +1,75 @@
+"""Training helpers: tiny-model overrides, composing `conf/train.yaml`, recording batches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_MODEL = [
+    "model.d_model=32",
+    "model.d_ff=64",
+    "model.n_heads=2",
+    "model.n_encoder_layers=1",
+    "model.n_decoder_layers=1",
+    "model.dropout=0.1",
+]
+
+
+def overrides_for(tiny_data, tmp_path: Path, kind: str = "text") -> list[str]:
+    return [
+        *TINY_MODEL,
+        f"data.train_path={tiny_data[kind + '_train']}",
+        f"data.val_path={tiny_data[kind + '_val']}",
+        "data.test_path=null",
+        "data.max_source_length=48",
+        "data.max_target_length=48",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.tokenizer.vocab_size=600",
+        "data.tokenizer.num_sentinels=16",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "copy_warmup.steps=0",  # the data path itself; test_synthetic.py covers the warm-up
+        "trainer.limit_val_batches=2",
+        "trainer.log_every_n_steps=1",
+        "scheduler.warmup_steps=2",
+        "eval.generation_examples=4",
+        "eval.max_new_tokens=8",
+        "callbacks.progress_bar=null",
+        "logger=csv",
+    ]
+
+
+def compose_train(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def record(path: Path) -> list[str]:
+    return [
+        "+callbacks.record._target_=helpers.recording.RecordBatches",
+        f"+callbacks.record.path={path}",
+    ]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])}
+    if "-m" not in args:  # keep Hydra's own run directory out of the repository
+        args = [*args, f"hydra.run.dir={cwd / 'hydra'}"]
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
