@@ -271,3 +271,44 @@ def test_decode_matches_forward_and_returns_new_cache():
     )
     assert isinstance(out.cache, DecoderCache) and out.cache.offset == 7
     torch.testing.assert_close(out.logits, logits_of(model, batch), **TOL)
+
+
+@pytest.mark.parametrize("with_kernels", [False, True])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(with_kernels):
+    from s2s import kernels
+    from s2s.config import ModelConfig
+
+    config = ModelConfig(
+        vocab_size=64,
+        d_model=32,
+        d_ff=64,
+        n_heads=4,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        dropout=0.2,
+        positions="t5_relative",
+    )
+    torch.manual_seed(0)
+    plain = Seq2SeqTransformer(config)
+    checkpointed = Seq2SeqTransformer(config).checkpoint_activations()
+    checkpointed.load_state_dict(plain.state_dict())
+    if with_kernels:
+        kernels.install(plain)
+        kernels.install(checkpointed)
+    ids, labels = torch.randint(2, 64, (3, 9)), torch.randint(2, 64, (3, 7))
+    results, saved = [], []
+    for model in (plain, checkpointed):
+        model.train()
+        torch.manual_seed(1)  # the same dropout masks
+        count = [0]
+        pack = lambda t, c=count: c.__setitem__(0, c[0] + 1) or t  # noqa: E731
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logits = model(ids, model.shift_right(labels))
+        saved.append(count[0])
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], msg=name)
+    assert saved[1] < saved[0] / 3  # checkpointed: layer intermediates are not kept

@@ -89,6 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if pretrained is not None:
         check_same_architecture(model_config, pretrained.config, f"init_from={cfg.init_from}")
     model = kernels.install(Seq2SeqTransformer(model_config))  # S2S_KERNELS=0: plain
+    model.checkpoint_activations(bool(cfg.get("activation_checkpointing", False)))
     if pretrained is not None and resumed is None:  # a resume restores its own weights
         load_weights(model, pretrained.state_dict, pretrained.source)
         log.info("initialised from %s", cfg.init_from)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from s2s.config import ModelConfig
 from s2s.model.attention import build_mask
@@ -66,6 +68,12 @@ class InputEmbedding(nn.Module):
 class _Stack(nn.Module):
     """What the encoder and decoder share: embedding, relative bias or rotary, final norm."""
 
+    # Activation checkpointing (Chen et al. 2016): when True, training keeps only each layer's
+    # input and recomputes its activations in the backward pass: memory per layer ~ one
+    # (B, T, D) tensor instead of all attention and feed-forward intermediates, for ~1/3 more
+    # compute. A run-time choice, set by Seq2SeqTransformer.checkpoint_activations().
+    checkpoint_layers = False
+
     def __init__(self, config: ModelConfig, tokens: nn.Embedding, *, bidirectional: bool):
         super().__init__()
         self.embed = InputEmbedding(config, tokens)
@@ -97,6 +105,13 @@ class _Stack(nn.Module):
             return None
         return self.rotary(length, offset, device=like.device, dtype=like.dtype)
 
+    def _run(self, layer: nn.Module, *args) -> Tensor:
+        """layer(*args), through torch.utils.checkpoint when checkpointing a training pass
+        (the RNG state is replayed, so dropout masks and gradients are the same)."""
+        if self.checkpoint_layers and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
     def _finish(self, x: Tensor) -> Tensor:
         if self.final_norm is None:
             return x
@@ -123,7 +138,7 @@ class Encoder(_Stack):
         )
         rotary = self._rotary(s, 0, x)
         for layer in self.layers:
-            x = layer(x, mask, rotary)
+            x = self._run(layer, x, mask, rotary)
         return self._finish(x)
 
 
@@ -171,8 +186,15 @@ class Decoder(_Stack):
         if self.rotary_cross_attention and (cache is None or cache.layers[-1].cross_k is None):
             memory_rotary = self._rotary(s, 0, x)
         for layer, layer_cache in zip(self.layers, layer_caches, strict=True):
-            x = layer(
-                x, self_mask, encoder_hidden_states, memory_mask, rotary, layer_cache, memory_rotary
+            x = self._run(
+                layer,
+                x,
+                self_mask,
+                encoder_hidden_states,
+                memory_mask,
+                rotary,
+                layer_cache,
+                memory_rotary,
             )
         if cache is not None:
             cache.offset = offset + t

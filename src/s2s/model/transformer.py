@@ -123,6 +123,12 @@ class Seq2SeqTransformer(nn.Module):
         """`shift_right` with this model's decoder start and pad ids."""
         return shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
 
+    def checkpoint_activations(self, enabled: bool = True) -> Seq2SeqTransformer:
+        """Recompute each layer's activations in backward instead of storing them (training
+        memory for compute; see _Stack.checkpoint_layers). Returns the model."""
+        self.encoder.checkpoint_layers = self.decoder.checkpoint_layers = enabled
+        return self
+
     def new_cache(self, capacity: int = 0) -> DecoderCache:
         """An empty cache for `decode`, preallocated for `capacity` target positions (it grows
         beyond them if needed; 0 allocates as decoding goes)."""
