@@ -9,19 +9,21 @@ from dataclasses import dataclass, field
 from types import UnionType
 from typing import Any, Literal
 
+from s2s.data.mixture import DenoiserConfig, default_mixture
 from s2s.data.noising import BartNoiseConfig, T5NoiseConfig, compute_input_and_target_lengths
 from s2s.tokenizer import TokenizerConfig
 
-Objective = Literal["bart", "t5", "none"]
+Objective = Literal["bart", "t5", "none", "mixture"]
 OBJECTIVES = typing.get_args(Objective)
 
 
 @dataclass(frozen=True)
 class NoiseConfig:
-    """Settings of both objectives; `DataConfig.objective` picks which one is used."""
+    """Settings of every objective; `DataConfig.objective` picks which one is used."""
 
     bart: BartNoiseConfig = field(default_factory=lambda: BartNoiseConfig(key_prefix=_BART))
     t5: T5NoiseConfig = field(default_factory=lambda: T5NoiseConfig(key_prefix=_T5))
+    mixture: dict[str, DenoiserConfig] = field(default_factory=default_mixture)
 
 
 _BART, _T5 = "data.noise.bart", "data.noise.t5"
@@ -32,8 +34,9 @@ class DataConfig:
     """Where the data is and how it becomes batches.
 
     objective:   how `{"Text"}` records are noised ("bart" text infilling, "t5" span
-                 corruption, "none" = plain auto-encoding); `{"Input","Target"}` pairs are
-                 always used as they are.
+                 corruption, "mixture" = UL2's mixture of denoisers (s2s.data.mixture),
+                 "none" = plain auto-encoding); `{"Input","Target"}` pairs are always used as
+                 they are.
     pack:        concatenate short texts and cut them into full-length rows (text records).
     min_row_length: with pack, training rows get a length drawn uniformly from
                  [min_row_length, the full row] (fixed per run by `seed`); validation rows stay
@@ -115,7 +118,7 @@ class DataConfig:
         return build_dataclass(cls, values, "data")
 
 
-_KEY_PREFIXED = {BartNoiseConfig: _BART, T5NoiseConfig: _T5}
+_KEY_PREFIXED = (BartNoiseConfig, T5NoiseConfig, DenoiserConfig)  # errors name their key
 
 
 def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
@@ -134,6 +137,11 @@ def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             value = build_dataclass(hint, value, f"{prefix}.{name}")
+        elif typing.get_origin(hint) is dict:  # a mapping of names to dataclasses
+            item = typing.get_args(hint)[1]
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{prefix}.{name} must be a mapping of names to settings")
+            value = {k: build_dataclass(item, v, f"{prefix}.{name}.{k}") for k, v in value.items()}
         else:
             _check_type(f"{prefix}.{name}", value, hint)
         kwargs[name] = value

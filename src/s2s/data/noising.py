@@ -113,7 +113,7 @@ def as_ids(ids: np.ndarray) -> np.ndarray:
     return ids
 
 
-def _noise_counts(
+def noise_counts(
     length: int, noise_density: float, mean_noise_span_length: float
 ) -> tuple[int, int]:
     """(num_noise_tokens, num_noise_spans) for a text of `length` tokens.
@@ -147,9 +147,9 @@ def random_spans_noise_mask(
     """T5's noise mask: (length,) bool, True = noise.
 
     Layout (as the reference): non-noise, noise, non-noise, noise, ..., N of each, so the first
-    token is never noise and (for length >= 2) the last one always is. Counts: `_noise_counts`.
+    token is never noise and (for length >= 2) the last one always is. Counts: `noise_counts`.
     """
-    num_noise, num_spans = _noise_counts(length, noise_density, mean_noise_span_length)
+    num_noise, num_spans = noise_counts(length, noise_density, mean_noise_span_length)
     if num_spans == 0:
         return np.zeros(length, dtype=bool)
     noise_lengths = _random_segmentation(num_noise, num_spans, rng)
@@ -167,15 +167,15 @@ def compute_input_and_target_lengths(
     `inputs_length` input ids and `targets_length` target ids (one sentinel per span, EOS
     included). As T5's `random_spans_helper` (t5/data/preprocessors.py): the largest length
     whose inputs fit, plus its density-0.5 tweak that trims one token so targets do not exceed
-    inputs. Counts come from `_noise_counts`, so they match `random_spans_noise_mask` exactly.
+    inputs. Counts come from `noise_counts`, so they match `random_spans_noise_mask` exactly.
     Inputs come out one short of `inputs_length` only when no length reaches it exactly, which
-    needs the span cap of `_noise_counts` to bind (e.g. density 0.5 with mean span length 1).
+    needs the span cap of `noise_counts` to bind (e.g. density 0.5 with mean span length 1).
     """
     if inputs_length < 2:
         raise ValueError(f"inputs_length={inputs_length} must be >= 2 (room for a token and EOS)")
 
     def lengths(tokens_length: int) -> tuple[int, int]:
-        noise, spans = _noise_counts(tokens_length, noise_density, mean_noise_span_length)
+        noise, spans = noise_counts(tokens_length, noise_density, mean_noise_span_length)
         return tokens_length - noise + spans + 1, noise + spans + 1
 
     tokens_length = inputs_length - 1

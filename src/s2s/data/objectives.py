@@ -13,6 +13,7 @@ import numpy as np
 
 from s2s.data.config import DataConfig
 from s2s.data.infilling import bart_text_infilling
+from s2s.data.mixture import MixtureObjective, build_mixture, mixture_block_length
 from s2s.data.noising import NoisedExample, t5_span_corruption
 from s2s.tokenizer import Tokenizer
 
@@ -76,7 +77,7 @@ class Identity:
         return NoisedExample(input_ids=full, target_ids=full)
 
 
-Objective = BartObjective | T5Objective | Identity
+Objective = BartObjective | T5Objective | MixtureObjective | Identity
 
 
 def build_objective(config: DataConfig, tokenizer: Tokenizer) -> Objective:
@@ -115,6 +116,15 @@ def build_objective(config: DataConfig, tokenizer: Tokenizer) -> Objective:
             noise_density=noise.noise_density,
             mean_noise_span_length=noise.mean_noise_span_length,
         )
+    if config.objective == "mixture":
+        return build_mixture(
+            config.noise.mixture,
+            encode=tokenizer.encode,
+            sentinel_ids=tokenizer.sentinel_ids,
+            eos_id=tokenizer.eos_id,
+            max_source=config.max_source_length,
+            max_target=config.max_target_length,
+        )
     return Identity(eos_id=tokenizer.eos_id)
 
 
@@ -122,6 +132,10 @@ def block_length(config: DataConfig) -> int:
     """Raw tokens per packed row: T5 rows give exactly max_source_length-token inputs."""
     if config.objective == "t5":
         return config.t5_lengths[0]
+    if config.objective == "mixture":
+        return mixture_block_length(
+            config.noise.mixture, config.max_source_length, config.max_target_length
+        )
     # BART / none: the target is the row plus EOS.
     return min(config.max_source_length, config.max_target_length) - 1
 
