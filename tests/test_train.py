@@ -84,7 +84,10 @@ def test_every_experiment_composes(experiment):
     cfg = compose_train([f"experiment={experiment}"])
     assert cfg.task_name == experiment
     assert cfg.model.d_model > 0
-    assert cfg.data.train_path or "train_dir" in cfg.data  # a file, or a prepared directory
+    if cfg.data.train_path is None:  # streams a prepared directory, given on the command line
+        assert cfg.data.train_dir is None and cfg.data.objective == "t5"
+    else:
+        assert cfg.data.train_dir is None
 
 
 def test_resume_continues_exactly(tiny_data, tmp_path):
