@@ -47,7 +47,7 @@ from s2s.export import main as export_main
 from s2s.files import remove_stale_tmp_files
 from s2s.model import Seq2SeqTransformer
 from s2s.pipeline import _report, train
-from s2s.run_dir import RunDirGuard, check_run_dir
+from s2s.run_dir import RunDirGuard, check_run_dir, replace_earlier_run
 from s2s.tokenizer import MAX_TRAINING_RUN, Tokenizer, training_pieces
 
 
@@ -322,6 +322,21 @@ def test_a_second_run_in_a_used_directory_is_refused(tiny_data, trained, tmp_pat
     assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before
     check_run_dir(trained, overwrite=True, ckpt_path=None)  # allowed when asked for
     check_run_dir(trained, overwrite=False, ckpt_path=str(trained / "checkpoints/last.ckpt"))
+
+
+def test_overwrite_replaces_the_earlier_runs_checkpoints_and_logs(tiny_data, tmp_path):
+    first = [*overrides_for(tiny_data, tmp_path), "trainer.max_steps=4"]
+    train(compose_train(first))
+    run = tmp_path / "run"
+    stale = run / "checkpoints" / "stale-note.txt"
+    stale.write_text("from the earlier run")
+    train(compose_train([*first, "trainer.max_steps=2", "overwrite=true"]))
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert not stale.exists() and "last-v1.ckpt" not in names and "last.ckpt" in names
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert step == 2  # the new run's, not the earlier run's 4
+    # resuming from inside the directory keeps everything, overwrite or not
+    assert replace_earlier_run(run, ckpt_path="last") == [] and (run / "checkpoints").is_dir()
 
 
 def test_the_hydra_guard_refuses_before_hydra_writes(trained, capsys):

@@ -40,7 +40,7 @@ from s2s.lit_module import EvalConfig, Seq2SeqLitModule
 from s2s.model import Seq2SeqTransformer
 from s2s.paths import project_root  # noqa: F401  (registers ${s2s_root:})
 from s2s.resume import ResumeState
-from s2s.run_dir import check_run_dir, resolve_ckpt_path
+from s2s.run_dir import check_run_dir, replace_earlier_run, resolve_ckpt_path
 from s2s.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     torch.set_float32_matmul_precision("high")
     output_dir = Path(cfg.paths.output_dir)
     check_run_dir(output_dir, overwrite=bool(cfg.get("overwrite")), ckpt_path=cfg.get("ckpt_path"))
+    if cfg.get("overwrite"):
+        for path in replace_earlier_run(output_dir, ckpt_path=cfg.get("ckpt_path")):
+            log.info("overwrite=true: removed the earlier run's %s", path)
     _check_data_paths(cfg)
     _check_accelerator(cfg)
     data_config = DataConfig.from_dict(_plain(cfg.data, "data"))

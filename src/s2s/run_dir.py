@@ -5,7 +5,7 @@ tokenizer.json, checkpoints/, csv/, tensorboard/) beside Hydra's `.hydra/`. A ne
 directory that already holds one is refused unless
 
     it resumes that run     ckpt_path=last, or ckpt_path is a checkpoint inside the directory
-    overwrite=true          the earlier run's files are replaced
+    overwrite=true          the earlier run's files are deleted first (`replace_earlier_run`)
 
 The check runs as a Hydra callback (`RunDirGuard`, conf/hydra/default.yaml) before Hydra
 writes `.hydra/` into the directory, and again in `train()` for callers that pass
@@ -19,6 +19,7 @@ bundle directories are refused with a line that says what to do instead.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,26 @@ def check_run_dir(output_dir: Path, *, overwrite: bool, ckpt_path: str | None) -
         f"{output_dir}: holds an earlier run ({', '.join(used)}): give a new hydra.run.dir, "
         "resume that run with ckpt_path=last, or add overwrite=true to replace its files"
     )
+
+
+def replace_earlier_run(output_dir: Path, *, ckpt_path: str | None) -> list[Path]:
+    """With overwrite=true: delete the earlier run's files (RUN_FILES) before this run writes
+    its own, so that no stale checkpoint (Lightning would save beside it as last-v1.ckpt),
+    event file or metrics.csv mixes with the new run's. A run that resumes from a checkpoint
+    in the directory keeps everything. Returns what was removed."""
+    if not _global_rank_zero() or (ckpt_path is not None and _resumes(ckpt_path, output_dir)):
+        return []
+    removed = []
+    for name in RUN_FILES:
+        path = output_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(path)
+    return removed
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> Path | None:
