@@ -110,3 +110,14 @@ def test_preset_mirrors_config_and_builds_model_of_recorded_size(name):
 
 def test_every_preset_file_is_checked():
     assert {p.stem for p in PRESETS.glob("*.yaml")} == set(PRESET_PARAMETERS)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant", "inverse_sqrt"])
+def test_scheduler_options_differ_only_in_kind(kind):
+    from helpers.train import compose_train
+
+    scheduler = OmegaConf.to_container(compose_train([f"scheduler={kind}"]).scheduler)
+    base = OmegaConf.to_container(compose_train(["scheduler=cosine"]).scheduler)
+    assert scheduler == base | {"kind": kind}
+    raw = OmegaConf.load(PRESETS.parent / "scheduler" / f"{kind}.yaml")
+    assert kind == "cosine" or set(raw) == {"defaults", "kind"}  # states only what differs
