@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers.model import PRESETS, load_preset
+from helpers.model import PRESETS, load_preset, preset_values
 from omegaconf import OmegaConf
 
 from s2s import ModelConfig
@@ -100,9 +100,13 @@ def test_tiny_preset_is_the_default_config_plus_its_two_recipe_choices():
 
 @pytest.mark.parametrize("name", sorted(PRESET_PARAMETERS))
 def test_preset_mirrors_config_and_builds_model_of_recorded_size(name):
+    values = preset_values(name)
+    assert list(values) == [f.name for f in dataclasses.fields(ModelConfig)]
     raw = OmegaConf.to_container(OmegaConf.load(PRESETS / f"{name}.yaml"))
-    assert list(raw) == [f.name for f in dataclasses.fields(ModelConfig)]
-    cfg = ModelConfig.from_dict(raw)
+    if "defaults" in raw:  # an inheriting preset states only what differs from its parent
+        parent = preset_values(raw["defaults"][0])
+        assert all(parent[k] != v for k, v in raw.items() if k != "defaults"), name
+    cfg = ModelConfig.from_dict(values)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = Seq2SeqTransformer(cfg)
     assert sum(p.numel() for p in model.parameters()) == PRESET_PARAMETERS[name]

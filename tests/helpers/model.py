@@ -94,8 +94,20 @@ def decode_step_by_step(model, batch, first_chunk=1, capacity=0):
 
 
 def load_preset(name: str) -> ModelConfig:
-    """The ModelConfig of `conf/model/<name>.yaml`."""
-    return ModelConfig.from_dict(OmegaConf.to_container(OmegaConf.load(PRESETS / f"{name}.yaml")))
+    """The ModelConfig of `conf/model/<name>.yaml`, composed as Hydra does (`defaults:`)."""
+    return ModelConfig.from_dict(preset_values(name))
+
+
+def preset_values(name: str) -> dict:
+    """The composed keys of a model preset, in order."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(PRESETS.parent), version_base="1.3"):
+        return OmegaConf.to_container(
+            compose(config_name="train", overrides=[f"model={name}"]).model
+        )
 
 
 def jitter(model: nn.Module, seed: int) -> nn.Module:
