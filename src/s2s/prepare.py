@@ -154,8 +154,8 @@ def _tokenised(
     """Chunks of token ids per stream, in input order, tokenised in `workers` processes."""
     chunks = (list(itertools.islice(docs, CHUNK)) for _ in itertools.count())
     chunks = itertools.takewhile(bool, chunks)
-    if workers <= 1:
-        _init_worker(tokenizer_path)
+    if workers <= 1:  # in this process: the Rust tokenizer may use its own threads
+        _load_tokenizer(tokenizer_path)
         yield from map(_encode_chunk, chunks)
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
@@ -167,8 +167,12 @@ _WORKER_TOKENIZER: Tokenizer | None = None
 
 
 def _init_worker(tokenizer_path: Path) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # processes, not threads, scale
+    _load_tokenizer(tokenizer_path)
+
+
+def _load_tokenizer(tokenizer_path: Path) -> None:
     global _WORKER_TOKENIZER
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _WORKER_TOKENIZER = Tokenizer.load(tokenizer_path)
 
 
