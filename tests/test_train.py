@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 from helpers.recording import read_records
 from helpers.train import REPO, compose_train, overrides_for, record, run_cli
 
-from s2s.pipeline import train
+from s2s.pipeline import train, trainer_arguments
 
 
 def test_debug_smoke_pretraining(tiny_data, tmp_path):
@@ -75,6 +78,49 @@ def test_init_from_a_different_architecture_is_refused(tiny_data, tmp_path):
     )
     with pytest.raises(ValueError, match=r"model\.d_model=64 but the checkpoint has 32"):
         train(cfg)
+
+
+def test_max_time_stops_a_run(tiny_data, tmp_path):
+    # trainer.max_time is a key of the trainer group (no `+`); a run that would otherwise take
+    # 2,000 steps (about a minute here) ends after the 2-second budget.
+    cfg = compose_train(
+        [
+            *overrides_for(tiny_data, tmp_path),
+            "trainer.max_steps=2000",
+            "trainer.max_time=00:00:00:02",
+            "trainer.val_check_interval=100000",
+        ]
+    )
+    train(cfg)
+    rows = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    steps = [int(row.split(",")[header.index("step")]) for row in rows[1:]]
+    assert 0 < max(steps) < 2000
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.max_time=10", "trainer.max_time=10 must be a positive duration"),
+        ("trainer.max_time=2h", "trainer.max_time='2h' must be"),
+        ("trainer.max_time={weeks:0}", "trainer.max_time={'weeks': 0} must be"),
+        ("trainer.max_time={hour:1}", "trainer.max_time={'hour': 1} must be"),
+        ("+trainer.accumulate_grad_batches=2", "accumulate_grad_batches is derived"),
+    ],
+)
+def test_bad_trainer_keys_are_refused_naming_the_key(override, message, tmp_path):
+    cfg = compose_train([override, f"paths.output_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        trainer_arguments(cfg.trainer)
+
+
+def test_common_trainer_keys_need_no_plus(tmp_path):
+    overrides = ["trainer.max_time={hours:1,minutes:30}", "trainer.min_steps=5"]
+    cfg = compose_train([*overrides, f"paths.output_dir={tmp_path}"])
+    arguments = trainer_arguments(cfg.trainer)
+    assert arguments["max_time"] == {"hours": 1, "minutes": 30} and arguments["min_steps"] == 5
+    # every key of the group is a Trainer argument (a typo would reach Lightning as a TypeError)
+    assert set(arguments) - {"_target_"} <= set(inspect.signature(L.Trainer).parameters)
 
 
 @pytest.mark.parametrize(

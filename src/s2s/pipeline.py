@@ -11,9 +11,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import json
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -223,13 +226,7 @@ def _read_resume_checkpoint(path: Path) -> LoadedCheckpoint:
 
 def make_trainer(cfg: DictConfig, datamodule: S2SDataModule) -> L.Trainer:
     """The Trainer, with gradient accumulation derived from the global batch size."""
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    assert isinstance(trainer_cfg, dict)
-    if "accumulate_grad_batches" in trainer_cfg:
-        raise ValueError(
-            "trainer.accumulate_grad_batches is derived from data.batch_size and "
-            "data.micro_batch_size; set those instead"
-        )
+    trainer_cfg = trainer_arguments(cfg.trainer)
     # A group entry set to null (e.g. callbacks.progress_bar=null) switches that piece off.
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
@@ -258,6 +255,37 @@ def make_trainer(cfg: DictConfig, datamodule: S2SDataModule) -> L.Trainer:
         trainer.accumulate_grad_batches,
     )
     return trainer
+
+
+def trainer_arguments(node: DictConfig) -> dict[str, Any]:
+    """`cfg.trainer` as Trainer keyword arguments, checked where Lightning's own errors would
+    not name the key: accumulation is derived (refused), `max_time` must be a duration."""
+    values = _plain(node, "trainer")
+    if "accumulate_grad_batches" in values:
+        raise ValueError(
+            "trainer.accumulate_grad_batches is derived from data.batch_size and "
+            "data.micro_batch_size; set those instead"
+        )
+    if values.get("max_time") is not None:
+        _check_duration(values["max_time"])
+    return values
+
+
+def _check_duration(value: Any) -> None:
+    """trainer.max_time must be what Lightning's Timer reads: DD:HH:MM:SS or {hours: 2, ...}
+    (Lightning's own error for anything else does not name the key, or is a traceback)."""
+    duration = None
+    if isinstance(value, str) and (match := re.fullmatch(r"(\d+):(\d\d):(\d\d):(\d\d)", value)):
+        days, hours, minutes, seconds = map(int, match.groups())
+        duration = datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    elif isinstance(value, dict):
+        with contextlib.suppress(TypeError):
+            duration = datetime.timedelta(**value)
+    if duration is None or duration.total_seconds() <= 0:
+        raise ValueError(
+            f"trainer.max_time={value!r} must be a positive duration: DD:HH:MM:SS "
+            "(e.g. 00:02:30:00) or a mapping such as {hours: 2, minutes: 30}"
+        )
 
 
 def _keep_earlier_metrics(loggers: list[Any]) -> None:
