@@ -4,7 +4,8 @@ Loss (cross-entropy over non-padding targets, optional label smoothing), metrics
 and its schedule, validation samples and, for pair data, BLEU / chrF. The model is injected;
 this module knows nothing of how it is built, and the model knows nothing of the loop.
 
-Logged keys: train/loss, train/lr, train/tokens_per_sec, train/padding_fraction, val/loss,
+Logged keys: train/loss, train/lr, train/tokens_per_sec, train/tflops, train/mfu (model FLOPs
+utilisation: `s2s.throughput`), train/padding_fraction, val/loss,
 val/ppl, val/token_acc, and (pairs) val/bleu, val/chrf, or (Text data, given masked lines)
 val/copy_rate, val/fill_rate, val/chrf of the denoising probe (`s2s.evaluation`).
 """
@@ -29,6 +30,7 @@ from s2s.data.examples import IGNORE_INDEX
 from s2s.data.synthetic import CopyWarmup, Noise, copyable_ids, random_copy_batch, warmup_rng
 from s2s.evaluation.masked_lines import MaskedLine
 from s2s.model import Seq2SeqTransformer
+from s2s.throughput import Throughput, compute_dtype, peak_flops, train_flops
 from s2s.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class Seq2SeqLitModule(L.LightningModule):
         copy_warmup: CopyWarmup | None = None,
         warmup_noise: Noise | None = None,
         seed: int = 0,
+        peak_tflops: float | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -86,7 +89,12 @@ class Seq2SeqLitModule(L.LightningModule):
         if model.config.compile:
             # Compiled separately so checkpoints keep plain `model.*` keys.
             object.__setattr__(self, "_forward", torch.compile(model))
+        self.peak_tflops = peak_tflops  # the device peak MFU is against (None: s2s.throughput)
+        self.peak_source = ""  # where the peak came from, for the run report
+        self.throughput = Throughput()  # this run's training work on this device
+        self.peak_flops = 0.0
         self._clock: float | None = None
+        self._batch_work: tuple[int, float] = (0, 0.0)  # real tokens, model FLOPs
         self._val_batches: list[dict[str, Tensor]] = []
 
     # -- loss -------------------------------------------------------------------------------
@@ -113,7 +121,10 @@ class Seq2SeqLitModule(L.LightningModule):
         total = batch["attention_mask"].numel() + batch["labels"].numel()
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/padding_fraction", 1.0 - real.float() / total)
-        self._log_throughput(int(real))
+        # the padded shapes are what the device computes (train/padding_fraction: how much)
+        (rows, source_len), target_len = batch["input_ids"].shape, batch["labels"].shape[1]
+        flops = train_flops(self.model.config, rows, source_len, target_len)
+        self._batch_work = (int(real), flops)
         return loss
 
     def _warmup_batch(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
@@ -129,19 +140,36 @@ class Seq2SeqLitModule(L.LightningModule):
         )
         return {k: v.to(batch["input_ids"].device) for k, v in synthetic.items()}
 
-    def _log_throughput(self, tokens: int) -> None:
-        """Real (non-padding) source + target tokens per second on this device."""
-        now = time.perf_counter()
-        if self._clock is not None:
-            self.log("train/tokens_per_sec", tokens / max(now - self._clock, 1e-9))
-        self._clock = now
+    def on_train_start(self) -> None:
+        dtype = compute_dtype(self.trainer.precision)
+        self.peak_flops, self.peak_source = peak_flops(self.device, dtype, self.peak_tflops)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._clock is None:  # the first batch, or the first after a validation
+            self._clock = time.perf_counter()
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             self.log("train/lr", scheduler.get_last_lr()[0], prog_bar=True)
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Real (non-padding) source + target tokens per second, model TFLOP/s and MFU of the
+        micro-batch just done (loading, forward, backward, optimiser step) on this device."""
+        now = time.perf_counter()
+        if self._clock is None:
+            return
+        tokens, flops = self._batch_work
+        seconds = max(now - self._clock, 1e-9)
+        self._clock = now
+        self.throughput.add(tokens, flops, seconds)
+        self.log("train/tokens_per_sec", tokens / seconds)
+        self.log("train/tflops", flops / seconds / 1e12)
+        if self.peak_flops:
+            self.log("train/mfu", flops / seconds / self.peak_flops)
+
     # -- validation -------------------------------------------------------------------------
+
+    def on_validation_start(self) -> None:
+        self._clock = None  # validation time is not training time
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         loss, logits = self.loss(batch)

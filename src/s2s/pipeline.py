@@ -17,6 +17,7 @@ import datetime
 import json
 import logging
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from s2s import kernels
@@ -42,6 +43,14 @@ from s2s.files import atomic_write, remove_stale_tmp_files
 from s2s.lit_module import EvalConfig, Seq2SeqLitModule
 from s2s.model import Seq2SeqTransformer
 from s2s.paths import project_root  # noqa: F401  (registers ${s2s_root:})
+from s2s.report import (
+    ValidationHistory,
+    config_diff,
+    render,
+    run_facts,
+    summary_lines,
+    write_report,
+)
 from s2s.resume import ResumeState
 from s2s.run_dir import check_run_dir, resolve_ckpt_path
 from s2s.tokenizer import Tokenizer
@@ -61,6 +70,7 @@ PROBE_DOCUMENTS = 2000  # documents of a prepared val_dir the probe draws its li
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train as the composed config says; return the final metrics and where outputs went."""
+    start = time.perf_counter()
     _one_log_format()
     # Mid-epoch resume is exact here (s2s.resume skips consumed batches): not a concern.
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before")
@@ -115,6 +125,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         copy_warmup=copy_warmup,
         warmup_noise=build_objective(data_config, tokenizer) if copy_warmup.steps else None,
         seed=int(cfg.seed),
+        peak_tflops=peak_tflops(cfg.trainer),
     )
     trainer = make_trainer(cfg, datamodule)
     _save_run_files(output_dir, cfg, model_config, tokenizer, trainer)
@@ -128,8 +139,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             result["best_checkpoint"] = callback.best_model_path
         if callback.last_model_path and Path(callback.last_model_path).is_file():
             result["last_checkpoint"] = callback.last_model_path
+    run = run_facts(result, trainer, module, time.perf_counter() - start)
     if trainer.is_global_zero:
-        _report(result, trainer)
+        result["report"] = str(_report(run, cfg))
     return result
 
 
@@ -233,7 +245,7 @@ def make_trainer(cfg: DictConfig, datamodule: S2SDataModule) -> L.Trainer:
     _keep_earlier_metrics(loggers)
     trainer = hydra.utils.instantiate(
         trainer_cfg,
-        callbacks=[*callbacks, ResumeState(datamodule)],
+        callbacks=[*callbacks, ResumeState(datamodule), ValidationHistory()],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
     )
@@ -268,7 +280,18 @@ def trainer_arguments(node: DictConfig) -> dict[str, Any]:
         )
     if values.get("max_time") is not None:
         _check_duration(values["max_time"])
+    values.pop("peak_tflops", None)  # s2s's (MFU), not Lightning's
     return values
+
+
+def peak_tflops(node: DictConfig) -> float | None:
+    """trainer.peak_tflops: the device peak MFU is measured against (None: s2s.throughput)."""
+    value = node.get("peak_tflops")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"trainer.peak_tflops={value!r} must be a number > 0 (TFLOP/s) or null")
+    return float(value)
 
 
 def _check_duration(value: Any) -> None:
@@ -337,17 +360,10 @@ def _save_run_files(
     tokenizer.save(output_dir / "tokenizer.json")
 
 
-def _report(result: dict[str, Any], trainer: L.Trainer) -> None:
-    metrics = result["metrics"]
-    lines = [f"run directory:   {result['output_dir']}"]
-    for key in ("last_checkpoint", "best_checkpoint"):
-        if key in result:
-            lines.append(f"{key.replace('_', ' '):16} {result[key]}")
-    if any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
-        lines.append(f"tensorboard:     tensorboard --logdir {result['output_dir']}")
-    shown = ("val/loss", "val/ppl", "val/token_acc", "val/bleu", "val/chrf")
-    shown += ("val/copy_rate", "val/fill_rate", "train/loss")
-    summary = ", ".join(f"{k}={metrics[k]:.4g}" for k in shown if k in metrics)
-    if summary:
-        lines.append(f"final metrics:   {summary}")
-    print("\n".join(lines), flush=True)
+def _report(run: dict[str, Any], cfg: DictConfig) -> Path:
+    """Print the end-of-run summary; write it, the config diff and the validation history to
+    report.md in the run directory."""
+    text = render(run, config_diff(cfg))
+    path = write_report(Path(run["output_dir"]), text)
+    print("\n".join([*summary_lines(run), f"{'report:':16} {path}"]), flush=True)
+    return path
