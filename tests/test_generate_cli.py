@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers.generation import tiny_model, write_ckpt
 from hydra import compose, initialize_config_dir
+from rouge_score import rouge_scorer
 
 from s2s.bundle import save_bundle
 from s2s.cli_generate import quote_free_text, run
@@ -143,6 +144,18 @@ def test_file_mode_writes_jsonl_and_scores_targets(files, expected, tmp_path, ca
     ]
     printed = capsys.readouterr().out
     assert "BLEU" in printed and "chrF" in printed and "exact match 50.0% (1/2)" in printed
+    # ROUGE as Google's rouge-score computes it (stemmed), averaged over the two pairs
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    for name, label in (("rouge1", "ROUGE-1"), ("rougeL", "ROUGE-L")):
+        scores = [
+            scorer.score(r["Target"], expected[p])[name].fmeasure
+            for p, r in zip(PROMPTS, rows, strict=True)
+        ]
+        assert f"{label} {100 * sum(scores) / 2:.2f}  " in printed
+    run(config(f"ckpt={files}/tiny.ckpt", f"input_file={pairs}", f"output_file={out}",
+               "overwrite=true", "metrics=[bleu]", *MAX_NEW))  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "BLEU" in printed and "chrF" not in printed and "ROUGE" not in printed
 
     text = tmp_path / "prompts.txt"
     text.write_text("\n".join(PROMPTS) + "\n\n", encoding="utf-8")

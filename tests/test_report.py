@@ -31,7 +31,7 @@ def test_report_after_a_tiny_run(tiny_data, tmp_path, capsys):
     assert "`optimizer.lr`" not in report  # not overridden
     # two validations (steps 3 and 6): best and final of each metric
     rows = dict(re.findall(r"^\| (val/\w+) \| (.*) \|$", report, flags=re.M))
-    assert {"val/loss", "val/bleu", "val/chrf", "val/token_acc"} <= set(rows)
+    assert {"val/loss", "val/bleu", "val/chrf", "val/rouge1", "val/rougeLsum"} <= set(rows)
     best, step, final = rows["val/loss"].split(" | ")
     assert step in ("3", "6") and float(best) <= float(final)
     assert f"{float(final):.4g}" == f"{result['metrics']['val/loss']:.4g}"

@@ -22,6 +22,7 @@ from s2s.cli import cli_status
 from s2s.files import atomic_write
 from s2s.generation.config import GenerationConfig
 from s2s.generation.text import TextGenerator
+from s2s.metrics import METRICS, check_metrics, corpus_scores, format_scores
 
 QUIT = ":q"
 FREE_TEXT_KEYS = ("prompt",)
@@ -74,6 +75,7 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size={cfg.batch_size} must be >= 1")
     check_device(str(cfg.device))
+    metrics = check_metrics(OmegaConf.to_container(cfg.metrics), "metrics")
     prompts = read_prompts(Path(cfg.input_file)) if cfg.input_file is not None else None
     if prompts is not None:
         check_output_file(Path(cfg.input_file), Path(cfg.output_file), bool(cfg.overwrite))
@@ -95,7 +97,8 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
         if cfg.prompt is not None:
             print(generator([str(cfg.prompt)])[0], file=stdout)
         elif prompts is not None:
-            generate_file(generator, prompts, Path(cfg.output_file), int(cfg.batch_size), stdout)
+            output = Path(cfg.output_file)
+            generate_file(generator, prompts, output, int(cfg.batch_size), stdout, metrics)
         else:
             interactive(generator, stdin, stdout)
 
@@ -138,7 +141,12 @@ def read_prompts(path: Path) -> Prompts:
 
 
 def generate_file(
-    generator: TextGenerator, prompts: Prompts, output: Path, batch_size: int, stdout: TextIO
+    generator: TextGenerator,
+    prompts: Prompts,
+    output: Path,
+    batch_size: int,
+    stdout: TextIO,
+    metrics: Sequence[str] = METRICS,
 ) -> None:
     """Generate for every prompt (progress bar on stderr), write JSON Lines, print metrics."""
     from rich.console import Console
@@ -159,7 +167,7 @@ def generate_file(
             file=sys.stderr,
         )
     if prompts.targets is not None:
-        print(format_metrics(outputs, prompts.targets), file=stdout)
+        print(format_metrics(outputs, prompts.targets, metrics), file=stdout)
 
 
 def write_jsonl(path: Path, prompts: Prompts, outputs: Sequence[str]) -> None:
@@ -171,18 +179,15 @@ def write_jsonl(path: Path, prompts: Prompts, outputs: Sequence[str]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def format_metrics(outputs: Sequence[str], targets: Sequence[str]) -> str:
-    """Corpus BLEU (Papineni et al. 2002) and chrF (Popović 2015) via sacrebleu, and the
-    percentage of outputs equal to their target (surrounding whitespace ignored)."""
-    import sacrebleu
-
-    bleu = sacrebleu.corpus_bleu(list(outputs), [list(targets)]).score
-    chrf = sacrebleu.corpus_chrf(list(outputs), [list(targets)]).score
+def format_metrics(
+    outputs: Sequence[str], targets: Sequence[str], metrics: Sequence[str] = METRICS
+) -> str:
+    """The `metrics` (s2s.metrics: BLEU, chrF, ROUGE) and the percentage of outputs equal to
+    their target (surrounding whitespace ignored)."""
     exact = sum(o.strip() == t.strip() for o, t in zip(outputs, targets, strict=True))
-    return (
-        f"BLEU {bleu:.2f}  chrF {chrf:.2f}  exact match {100 * exact / len(targets):.1f}% "
-        f"({exact}/{len(targets)})"
-    )
+    scores = format_scores(corpus_scores(outputs, targets, metrics))
+    share = f"{100 * exact / len(targets):.1f}% ({exact}/{len(targets)})"
+    return f"{scores}  exact match {share}".strip()
 
 
 def interactive(generator: TextGenerator, stdin: TextIO, stdout: TextIO) -> None:

@@ -1,12 +1,14 @@
 """Seq2SeqLitModule: the training loop's view of a `Seq2SeqTransformer`.
 
 Loss (cross-entropy over non-padding targets, optional label smoothing), metrics, the optimiser
-and its schedule, validation samples and, for pair data, BLEU / chrF. The model is injected;
-this module knows nothing of how it is built, and the model knows nothing of the loop.
+and its schedule, validation samples and, for pair data, BLEU / chrF / ROUGE (s2s.metrics). The
+model is injected; this module knows nothing of how it is built, and the model knows nothing of
+the loop.
 
 Logged keys: train/loss, train/lr, train/tokens_per_sec, train/tflops, train/mfu (model FLOPs
 utilisation: `s2s.throughput`), train/padding_fraction, val/loss,
-val/ppl, val/token_acc, and (pairs) val/bleu, val/chrf, or (Text data, given masked lines)
+val/ppl, val/token_acc, and (pairs, as `eval.metrics` asks) val/bleu, val/chrf, val/rouge1,
+val/rouge2, val/rougeL, val/rougeLsum, or (Text data, given masked lines)
 val/copy_rate, val/fill_rate, val/chrf of the denoising probe (`s2s.evaluation`).
 """
 
@@ -20,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
-import sacrebleu
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
@@ -29,6 +30,7 @@ from s2s.checkpoint import S2S_KEY, metadata
 from s2s.data.examples import IGNORE_INDEX
 from s2s.data.synthetic import CopyWarmup, Noise, copyable_ids, random_copy_batch, warmup_rng
 from s2s.evaluation.masked_lines import MaskedLine
+from s2s.metrics import METRICS, check_metrics, corpus_scores
 from s2s.model import Seq2SeqTransformer
 from s2s.throughput import Throughput, compute_dtype, peak_flops, train_flops
 from s2s.tokenizer import Tokenizer
@@ -47,8 +49,10 @@ class EvalConfig:
     max_new_tokens: int = 64
     label_smoothing: float = 0.0
     denoise_lines: int = 64  # masked validation lines for val/copy_rate etc. (Text data only)
+    metrics: tuple[str, ...] = METRICS  # on pair data (s2s.metrics)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", check_metrics(self.metrics, "eval.metrics"))
         for name in ("num_samples", "generation_examples", "denoise_lines"):
             if getattr(self, name) < 0:
                 raise ValueError(f"eval.{name}={getattr(self, name)} must be >= 0")
@@ -207,12 +211,11 @@ class Seq2SeqLitModule(L.LightningModule):
             return
         outputs = self._decode_examples(batches)
         if self.pairs and self.eval_config.generation_examples:
-            predictions, references = outputs["predictions"], outputs["targets"]
             n = self.eval_config.generation_examples
-            bleu = sacrebleu.corpus_bleu(predictions[:n], [references[:n]]).score
-            chrf = sacrebleu.corpus_chrf(predictions[:n], [references[:n]]).score
-            self.log("val/bleu", bleu, rank_zero_only=True)
-            self.log("val/chrf", chrf, rank_zero_only=True)
+            predictions, references = outputs["predictions"][:n], outputs["targets"][:n]
+            scores = corpus_scores(predictions, references, self.eval_config.metrics)
+            for key, score in scores.items():
+                self.log(f"val/{key}", score, rank_zero_only=True)
         self._write_samples(outputs)
         if self.denoise_lines and self.trainer.is_global_zero:
             self._denoise_probe()

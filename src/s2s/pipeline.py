@@ -41,6 +41,7 @@ from s2s.data.synthetic import CopyWarmup
 from s2s.evaluation.masked_lines import MaskedLine, make_masked_lines
 from s2s.files import atomic_write, remove_stale_tmp_files
 from s2s.lit_module import EvalConfig, Seq2SeqLitModule
+from s2s.metrics import METRICS
 from s2s.model import Seq2SeqTransformer
 from s2s.paths import project_root  # noqa: F401  (registers ${s2s_root:})
 from s2s.report import (
@@ -86,7 +87,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _check_data_paths(cfg)
     _check_accelerator(cfg)
     data_config = DataConfig.from_dict(_plain(cfg.data, "data"))
-    eval_config = build_dataclass(EvalConfig, _plain(cfg.eval, "eval"), "eval")
+    eval_values = _plain(cfg.eval, "eval")
+    metrics = eval_values.pop("metrics", METRICS)  # a list: checked by EvalConfig itself
+    eval_config = build_dataclass(EvalConfig, eval_values, "eval")
+    eval_config = dataclasses.replace(eval_config, metrics=metrics)
     warmup_values = _plain(cfg.copy_warmup, "copy_warmup") if cfg.get("copy_warmup") else {}
     copy_warmup = build_dataclass(CopyWarmup, warmup_values, "copy_warmup")
 
