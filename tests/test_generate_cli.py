@@ -16,8 +16,11 @@ from helpers.generation import tiny_model, write_ckpt
 from hydra import compose, initialize_config_dir
 from rouge_score import rouge_scorer
 
-from s2s.bundle import save_bundle
+from s2s import load_pretrained
+from s2s.bundle import read_pretrained, save_bundle
+from s2s.checkpoint import CheckpointError, Framing
 from s2s.cli_generate import quote_free_text, run
+from s2s.export import export
 from s2s.generation import GenerationConfig
 from s2s.generation.text import TextGenerator
 
@@ -205,3 +208,34 @@ def test_learned_position_models_cut_prompts_to_their_table(tokenizer):
     rotary = TextGenerator(tiny_model(tokenizer.vocab_size), tokenizer, config)
     assert rotary.max_source_length is None
     assert rotary.encode([long_prompt])[0].shape[1] > 12 and rotary.truncated == 0
+
+
+def test_generate_frames_inputs_as_training_did(files, tokenizer, tmp_path, capsys):
+    # a checkpoint trained on 4-token sources: generate.py cuts prompts to 4 tokens unasked,
+    # and so does a bundle exported from it; max_source_length= still wins
+    model, _ = load_pretrained(files / "tiny.ckpt")
+    framed = write_ckpt(tmp_path / "framed.ckpt", model, tokenizer, Framing(4, False))
+    export(framed, tmp_path / "bundle")
+    assert read_pretrained(tmp_path / "bundle").framing == Framing(4, False)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    common = [f"input_file={prompts}", f"output_file={tmp_path / 'out.jsonl'}", "overwrite=true"]
+    for ckpt, extra, cut in [
+        (framed, [], True),
+        (tmp_path / "bundle", [], True),
+        (framed, ["max_source_length=64"], False),
+        (files / "tiny.ckpt", [], False),  # no framing recorded: no limit
+    ]:
+        run(config(f"ckpt={ckpt}", *common, *extra, *MAX_NEW))
+        note = "2 of 2 prompts were cut to 4 tokens"
+        assert (note in capsys.readouterr().err) == cut, (ckpt, extra)
+
+
+def test_damaged_framing_is_refused(files, tokenizer, tmp_path):
+    model, _ = load_pretrained(files / "tiny.ckpt")
+    path = write_ckpt(tmp_path / "bad.ckpt", model, tokenizer)
+    raw = torch.load(path, weights_only=True)
+    raw["s2s"]["framing"] = {"max_source_length": "long"}
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=r"bad\.ckpt: damaged s2s framing"):
+        read_pretrained(path)

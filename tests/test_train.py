@@ -14,6 +14,7 @@ import pytest
 from helpers.recording import read_records
 from helpers.train import REPO, compose_train, overrides_for, record, run_cli
 
+from s2s.checkpoint import Framing, read_checkpoint
 from s2s.pipeline import train, trainer_arguments
 
 
@@ -46,6 +47,8 @@ def test_pretraining_run_writes_checkpoints_and_logs(tiny_data, tmp_path):
     for key in ("val/copy_rate", "val/fill_rate", "val/chrf"):
         assert 0 <= metrics[key] <= (100 if key == "val/chrf" else 1), key
     assert Path(result["last_checkpoint"]).name == "last.ckpt"
+    # how training framed inputs, for generate.py (data.max_source_length=48, no <s>)
+    assert read_checkpoint(result["last_checkpoint"]).framing == Framing(48, False)
     assert Path(result["best_checkpoint"]).name.startswith("best-step")
     header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "train/tokens_per_sec" in header and "train/padding_fraction" in header

@@ -81,15 +81,20 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
         check_output_file(Path(cfg.input_file), Path(cfg.output_file), bool(cfg.overwrite))
 
     from s2s import kernels  # torch and the model: after the cheap checks
-    from s2s.bundle import load_pretrained
+    from s2s.bundle import build_pretrained, read_pretrained
 
-    model, tokenizer = load_pretrained(cfg.ckpt)
+    loaded = read_pretrained(cfg.ckpt, "ckpt")
+    model, tokenizer = build_pretrained(loaded)
+    # unset (null): frame inputs as training did, as far as the checkpoint recorded it
+    framing = loaded.framing
     generator = TextGenerator(
         model,
         tokenizer,
         config,
-        add_bos=bool(cfg.add_bos),
-        max_source_length=cfg.max_source_length,
+        add_bos=framing.add_bos if cfg.add_bos is None else bool(cfg.add_bos),
+        max_source_length=(
+            framing.max_source_length if cfg.max_source_length is None else cfg.max_source_length
+        ),
         device=str(cfg.device),
     )
     # the weights never change here, so decoding layouts are made once, not once per batch

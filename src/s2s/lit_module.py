@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
-from s2s.checkpoint import S2S_KEY, metadata
+from s2s.checkpoint import S2S_KEY, Framing, metadata
 from s2s.data.examples import IGNORE_INDEX
 from s2s.data.synthetic import CopyWarmup, Noise, copyable_ids, random_copy_batch, warmup_rng
 from s2s.evaluation.masked_lines import MaskedLine
@@ -76,6 +76,7 @@ class Seq2SeqLitModule(L.LightningModule):
         warmup_noise: Noise | None = None,
         seed: int = 0,
         peak_tflops: float | None = None,
+        framing: Framing | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -93,6 +94,7 @@ class Seq2SeqLitModule(L.LightningModule):
         if model.config.compile:
             # Compiled separately so checkpoints keep plain `model.*` keys.
             object.__setattr__(self, "_forward", torch.compile(model))
+        self.framing = framing  # how inputs are framed, stored in checkpoints for generate.py
         self.peak_tflops = peak_tflops  # the device peak MFU is against (None: s2s.throughput)
         self.peak_source = ""  # where the peak came from, for the run report
         self.throughput = Throughput()  # this run's training work on this device
@@ -305,7 +307,7 @@ class Seq2SeqLitModule(L.LightningModule):
         return clip > 0 and isinstance(trainer.precision_plugin, MixedPrecision)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[S2S_KEY] = metadata(self.model.config, self.tokenizer)
+        checkpoint[S2S_KEY] = metadata(self.model.config, self.tokenizer, self.framing)
 
 
 def _cell(text: str) -> str:

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from s2s import kernels
 from s2s.bundle import load_weights, read_pretrained
-from s2s.checkpoint import CheckpointError, LoadedCheckpoint, read_checkpoint
+from s2s.checkpoint import CheckpointError, Framing, LoadedCheckpoint, read_checkpoint
 from s2s.checkpoint_io import AtomicCheckpointIO
 from s2s.config import ModelConfig
 from s2s.data.config import DataConfig, build_dataclass
@@ -130,6 +130,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         warmup_noise=build_objective(data_config, tokenizer) if copy_warmup.steps else None,
         seed=int(cfg.seed),
         peak_tflops=peak_tflops(cfg.trainer),
+        framing=Framing(max_source_length=data_config.max_source_length, add_bos=False),
     )
     trainer = make_trainer(cfg, datamodule)
     _save_run_files(output_dir, cfg, model_config, tokenizer, trainer)
