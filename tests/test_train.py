@@ -157,6 +157,10 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     for step in range(1, 11):  # same data, same dropout, same optimiser state: same losses
         assert resumed[step]["rows"] == uninterrupted[step]["rows"], step
         assert resumed[step]["loss"] == pytest.approx(uninterrupted[step]["loss"], rel=1e-5), step
+    # the tokens seen so far carry over the resume (the run report's "tokens seen")
+    a, b = (read_checkpoint(tmp_path / d / "checkpoints" / "last.ckpt").raw for d in "ab")
+    assert a["global_step"] == b["global_step"]
+    assert a["s2s_tokens_seen"] == b["s2s_tokens_seen"] > 0
 
 
 @pytest.mark.slow  # a long training loop

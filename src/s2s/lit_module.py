@@ -36,6 +36,7 @@ from s2s.throughput import Throughput, compute_dtype, peak_flops, train_flops
 from s2s.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+TOKENS_KEY = "s2s_tokens_seen"  # checkpoint entry: training tokens so far (all devices)
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -98,6 +99,7 @@ class Seq2SeqLitModule(L.LightningModule):
         self.peak_tflops = peak_tflops  # the device peak MFU is against (None: s2s.throughput)
         self.peak_source = ""  # where the peak came from, for the run report
         self.throughput = Throughput()  # this run's training work on this device
+        self.tokens_before = 0  # tokens seen by the runs this one resumes (all devices)
         self.peak_flops = 0.0
         self._clock: float | None = None
         self._batch_work: tuple[int, float] = (0, 0.0)  # real tokens, model FLOPs
@@ -131,6 +133,10 @@ class Seq2SeqLitModule(L.LightningModule):
         (rows, source_len), target_len = batch["input_ids"].shape, batch["labels"].shape[1]
         flops = train_flops(self.model.config, rows, source_len, target_len)
         self._batch_work = (int(real), flops)
+        # counted here, not when the batch ends: a checkpoint saved at the end of this batch
+        # (callbacks run before this module's on_train_batch_end) must include it
+        self.throughput.tokens += int(real)
+        self.throughput.flops += flops
         return loss
 
     def _warmup_batch(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
@@ -166,7 +172,7 @@ class Seq2SeqLitModule(L.LightningModule):
         tokens, flops = self._batch_work
         seconds = max(now - self._clock, 1e-9)
         self._clock = now
-        self.throughput.add(tokens, flops, seconds)
+        self.throughput.seconds += seconds
         self.log("train/tokens_per_sec", tokens / seconds)
         self.log("train/tflops", flops / seconds / 1e12)
         if self.peak_flops:
@@ -306,8 +312,18 @@ class Seq2SeqLitModule(L.LightningModule):
         clip = trainer.gradient_clip_val or 0.0
         return clip > 0 and isinstance(trainer.precision_plugin, MixedPrecision)
 
+    @property
+    def tokens_seen(self) -> int:
+        """Real training tokens so far, resumed runs included, over all devices (ranks take
+        equal batches)."""
+        return self.tokens_before + self.throughput.tokens * self.trainer.world_size
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[S2S_KEY] = metadata(self.model.config, self.tokenizer, self.framing)
+        checkpoint[TOKENS_KEY] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_before = int(checkpoint.get(TOKENS_KEY, 0))
 
 
 def _cell(text: str) -> str:

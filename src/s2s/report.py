@@ -94,7 +94,7 @@ def run_facts(
         "wall_seconds": wall_seconds,
         "steps": trainer.global_step,
         "epoch": trainer.current_epoch,
-        "tokens": speed.tokens * trainer.world_size,  # ranks take equal batches
+        "tokens": module.tokens_seen,
         "throughput": throughput,
         "logs": log_locations(trainer.loggers, Path(result["output_dir"])),
         "validation": history.best_and_final() if history else {},
@@ -154,7 +154,7 @@ def summary_lines(run: dict[str, Any]) -> list[str]:
         f"wall time:       {_duration(wall)} (training batches {_duration(speed['seconds'])})"
     )
     lines.append(f"steps:           {run['steps']} (epoch {run['epoch']})")
-    lines.append(f"tokens seen:     {run['tokens']:,} (source + target, no padding, this run)")
+    lines.append(f"tokens seen:     {run['tokens']:,} (source + target, no padding, all devices)")
     if speed["seconds"]:
         line = f"throughput:      {speed['tokens_per_sec']:,.0f} tokens/s"
         line += f", {speed['tflops']:.3g} TFLOP/s per device"

@@ -141,11 +141,6 @@ class Throughput:
     flops: float = 0.0
     seconds: float = 0.0
 
-    def add(self, tokens: int, flops: float, seconds: float) -> None:
-        self.tokens += tokens
-        self.flops += flops
-        self.seconds += seconds
-
     @property
     def tokens_per_sec(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
