@@ -19,7 +19,7 @@ def test_report_after_a_tiny_run(tiny_data, tmp_path, capsys):
     for section in ("# Run report", "## Config diff from the defaults", "## Validation"):
         assert section in report, section
     assert re.search(r"wall time: +\d+m \d\ds \(training batches \d+m \d\ds\)", report)
-    assert "steps:           6 (epoch " in report
+    assert "steps:           6 (optimiser steps)" in report
     tokens = int(re.search(r"tokens seen: +([\d,]+)", report).group(1).replace(",", ""))
     assert tokens > 6 * 4 * 2  # 6 steps of 4 pairs, source and target
     assert re.search(r"throughput: +[\d,]+ tokens/s, [\d.e+-]+ TFLOP/s per device, MFU", report)

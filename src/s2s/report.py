@@ -78,7 +78,7 @@ def run_facts(
     result: dict[str, Any], trainer: L.Trainer, module: Any, wall_seconds: float
 ) -> dict[str, Any]:
     """What the report says about a finished run: `result` (train()'s) plus the trainer's
-    step and epoch, tokens (all devices), throughput, log locations and validation history."""
+    step, tokens (all devices), throughput, log locations and validation history."""
     speed = module.throughput
     throughput: dict[str, Any] = {
         "seconds": speed.seconds,
@@ -93,7 +93,6 @@ def run_facts(
         **result,
         "wall_seconds": wall_seconds,
         "steps": trainer.global_step,
-        "epoch": trainer.current_epoch,
         "tokens": module.tokens_seen,
         "throughput": throughput,
         "logs": log_locations(trainer.loggers, Path(result["output_dir"])),
@@ -153,7 +152,7 @@ def summary_lines(run: dict[str, Any]) -> list[str]:
     lines.append(
         f"wall time:       {_duration(wall)} (training batches {_duration(speed['seconds'])})"
     )
-    lines.append(f"steps:           {run['steps']} (epoch {run['epoch']})")
+    lines.append(f"steps:           {run['steps']} (optimiser steps)")
     lines.append(f"tokens seen:     {run['tokens']:,} (source + target, no padding, all devices)")
     if speed["seconds"]:
         line = f"throughput:      {speed['tokens_per_sec']:,.0f} tokens/s"
