@@ -13,8 +13,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from s2s.config import ModelConfig
 from s2s.model import Seq2SeqTransformer
-from s2s.pipeline import peak_tflops, train
+from s2s.pipeline import train
 from s2s.throughput import compute_dtype, gpu_peak_flops, peak_flops, train_flops
+from s2s.trainer import peak_tflops
 
 
 def preset(name: str) -> ModelConfig:

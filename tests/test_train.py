@@ -15,7 +15,8 @@ from helpers.recording import read_records
 from helpers.train import REPO, compose_train, overrides_for, record, run_cli
 
 from s2s.checkpoint import Framing, read_checkpoint
-from s2s.pipeline import train, trainer_arguments
+from s2s.pipeline import train
+from s2s.trainer import trainer_arguments
 
 
 def test_debug_smoke_pretraining(tiny_data, tmp_path):
