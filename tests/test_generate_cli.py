@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -239,3 +240,12 @@ def test_damaged_framing_is_refused(files, tokenizer, tmp_path):
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match=r"bad\.ckpt: damaged s2s framing"):
         read_pretrained(path)
+
+
+@pytest.mark.parametrize(
+    "value, message", [("bleu", "metrics='bleu' must be a list"), ("[bleu,bert]", "'bert'")]
+)
+def test_bad_metrics_are_refused_before_loading(value, message, tmp_path):
+    cfg = config(f"ckpt={tmp_path}/never_read.ckpt", "prompt=hello", f"metrics={value}")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run(cfg)

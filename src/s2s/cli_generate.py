@@ -75,7 +75,10 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size={cfg.batch_size} must be >= 1")
     check_device(str(cfg.device))
-    metrics = check_metrics(OmegaConf.to_container(cfg.metrics), "metrics")
+    metrics = cfg.get("metrics", list(METRICS))
+    if OmegaConf.is_config(metrics):
+        metrics = OmegaConf.to_container(metrics)
+    metrics = check_metrics(metrics, "metrics")
     prompts = read_prompts(Path(cfg.input_file)) if cfg.input_file is not None else None
     if prompts is not None:
         check_output_file(Path(cfg.input_file), Path(cfg.output_file), bool(cfg.overwrite))
