@@ -6,10 +6,10 @@ model is injected; this module knows nothing of how it is built, and the model k
 the loop.
 
 Logged keys: train/loss, train/lr, train/tokens_per_sec, train/tflops, train/mfu (model FLOPs
-utilisation: `s2s.throughput`), train/padding_fraction, val/loss,
-val/ppl, val/token_acc, and (pairs, as `eval.metrics` asks) val/bleu, val/chrf, val/rouge1,
-val/rouge2, val/rougeL, val/rougeLsum, or (Text data, given masked lines)
-val/copy_rate, val/fill_rate, val/chrf of the denoising probe (`s2s.evaluation`).
+utilisation: `s2s.throughput`), train/padding_fraction, val/loss, val/ppl, val/token_acc, and
+(pairs, as `eval.metrics` asks) val/bleu, val/chrf, val/rouge1, val/rouge2, val/rougeL,
+val/rougeLsum, or (Text data, given masked lines) val/copy_rate, val/fill_rate, val/chrf of the
+denoising probe (`s2s.evaluation`).
 """
 
 from __future__ import annotations
