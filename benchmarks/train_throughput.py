@@ -26,15 +26,8 @@ Columns
             `torch.matmul` (--matmul-size, in the step's compute dtype) timed in turn with
             the steps, so under the same machine load.
 
-Model FLOPs per step (`train_flops`) count matrix multiplies only, 2 FLOPs per multiply-add,
-and training = 3 x forward (backward is twice the forward):
-    6 * (B*S * N_enc + B*T * N_dec + B*S * N_cross_kv + B*T * D*V)
-      + 6 * 2 * B * Dh*H * (L_enc * S*S + L_dec * (T*T + T*S))
-where N_enc / N_dec are the per-token weight-matrix parameters of the encoder / decoder
-layers (attention projections and feed-forward; the decoder's cross-attention k/v
-projections, N_cross_kv, run over the S source tokens instead), D*V is the LM head, and the
-last term is QK^T and AV (the full square, causal masking not discounted). Norms, softmax,
-activations, embedding lookups and the optimiser are not counted.
+Model FLOPs per step: `s2s.throughput.train_flops` (matrix multiplies, training = 3 x forward;
+the formula and its sources in its docstring), as `train/mfu` in training counts them.
 """
 
 from __future__ import annotations
@@ -59,6 +52,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from s2s import kernels
 from s2s.config import ModelConfig
 from s2s.interop.hf import from_hf
+from s2s.throughput import train_flops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,31 +79,6 @@ SHAPES = {
     ),
 }  # fmt: skip
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def train_flops(cfg: ModelConfig, batch: int, src_len: int, tgt_len: int) -> float:
-    """Matmul FLOPs of one training step (forward + backward); formula in the module doc."""
-    d, inner, ff = cfg.d_model, cfg.inner_dim, cfg.d_ff * (2 if cfg.gated_ffn else 1)
-    ffn = d * ff + cfg.d_ff * d
-    enc_layer = 4 * d * inner + ffn  # q, k, v, out + feed-forward
-    dec_layer = 4 * d * inner + 2 * d * inner + ffn  # self q, k, v, out + cross q, out + ffn
-    cross_kv = 2 * d * inner
-    macs = batch * (
-        src_len * cfg.n_encoder_layers * enc_layer
-        + tgt_len * cfg.n_decoder_layers * dec_layer
-        + src_len * cfg.n_decoder_layers * cross_kv
-        + tgt_len * d * cfg.vocab_size
-    )
-    attention = (
-        batch
-        * 2
-        * inner
-        * (
-            cfg.n_encoder_layers * src_len * src_len
-            + cfg.n_decoder_layers * (tgt_len * tgt_len + tgt_len * src_len)
-        )
-    )
-    return 6.0 * (macs + attention)
 
 
 class MatmulProbe:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,13 @@ import pytest
 import torch
 from helpers.generation import tiny_model, write_ckpt
 from hydra import compose, initialize_config_dir
+from rouge_score import rouge_scorer
 
-from s2s.bundle import save_bundle
+from s2s import load_pretrained
+from s2s.bundle import read_pretrained, save_bundle
+from s2s.checkpoint import CheckpointError, Framing
 from s2s.cli_generate import quote_free_text, run
+from s2s.export import export
 from s2s.generation import GenerationConfig
 from s2s.generation.text import TextGenerator
 
@@ -143,6 +148,18 @@ def test_file_mode_writes_jsonl_and_scores_targets(files, expected, tmp_path, ca
     ]
     printed = capsys.readouterr().out
     assert "BLEU" in printed and "chrF" in printed and "exact match 50.0% (1/2)" in printed
+    # ROUGE as Google's rouge-score computes it (stemmed), averaged over the two pairs
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    for name, label in (("rouge1", "ROUGE-1"), ("rougeL", "ROUGE-L")):
+        scores = [
+            scorer.score(r["Target"], expected[p])[name].fmeasure
+            for p, r in zip(PROMPTS, rows, strict=True)
+        ]
+        assert f"{label} {100 * sum(scores) / 2:.2f}  " in printed
+    run(config(f"ckpt={files}/tiny.ckpt", f"input_file={pairs}", f"output_file={out}",
+               "overwrite=true", "metrics=[bleu]", *MAX_NEW))  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "BLEU" in printed and "chrF" not in printed and "ROUGE" not in printed
 
     text = tmp_path / "prompts.txt"
     text.write_text("\n".join(PROMPTS) + "\n\n", encoding="utf-8")
@@ -192,3 +209,43 @@ def test_learned_position_models_cut_prompts_to_their_table(tokenizer):
     rotary = TextGenerator(tiny_model(tokenizer.vocab_size), tokenizer, config)
     assert rotary.max_source_length is None
     assert rotary.encode([long_prompt])[0].shape[1] > 12 and rotary.truncated == 0
+
+
+def test_generate_frames_inputs_as_training_did(files, tokenizer, tmp_path, capsys):
+    # a checkpoint trained on 4-token sources: generate.py cuts prompts to 4 tokens unasked,
+    # and so does a bundle exported from it; max_source_length= still wins
+    model, _ = load_pretrained(files / "tiny.ckpt")
+    framed = write_ckpt(tmp_path / "framed.ckpt", model, tokenizer, Framing(4, False))
+    export(framed, tmp_path / "bundle")
+    assert read_pretrained(tmp_path / "bundle").framing == Framing(4, False)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    common = [f"input_file={prompts}", f"output_file={tmp_path / 'out.jsonl'}", "overwrite=true"]
+    for ckpt, extra, cut in [
+        (framed, [], True),
+        (tmp_path / "bundle", [], True),
+        (framed, ["max_source_length=64"], False),
+        (files / "tiny.ckpt", [], False),  # no framing recorded: no limit
+    ]:
+        run(config(f"ckpt={ckpt}", *common, *extra, *MAX_NEW))
+        note = "2 of 2 prompts were cut to 4 tokens"
+        assert (note in capsys.readouterr().err) == cut, (ckpt, extra)
+
+
+def test_damaged_framing_is_refused(files, tokenizer, tmp_path):
+    model, _ = load_pretrained(files / "tiny.ckpt")
+    path = write_ckpt(tmp_path / "bad.ckpt", model, tokenizer)
+    raw = torch.load(path, weights_only=True)
+    raw["s2s"]["framing"] = {"max_source_length": "long"}
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=r"bad\.ckpt: damaged s2s framing"):
+        read_pretrained(path)
+
+
+@pytest.mark.parametrize(
+    "value, message", [("bleu", "metrics='bleu' must be a list"), ("[bleu,bert]", "'bert'")]
+)
+def test_bad_metrics_are_refused_before_loading(value, message, tmp_path):
+    cfg = config(f"ckpt={tmp_path}/never_read.ckpt", "prompt=hello", f"metrics={value}")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run(cfg)

@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -46,7 +45,8 @@ from s2s.data.records import RecordError
 from s2s.export import main as export_main
 from s2s.files import remove_stale_tmp_files
 from s2s.model import Seq2SeqTransformer
-from s2s.pipeline import _report, train
+from s2s.pipeline import train
+from s2s.report import log_locations
 from s2s.run_dir import RunDirGuard, check_run_dir, replace_earlier_run
 from s2s.tokenizer import MAX_TRAINING_RUN, Tokenizer, training_pieces
 
@@ -546,9 +546,8 @@ def test_init_from_a_bundle(tiny_data, trained, tmp_path):
     assert Tokenizer.load(tmp_path / "run" / "tokenizer.json").digest() == tok.digest()
 
 
-def test_tensorboard_hint_only_with_a_tensorboard_logger(tmp_path, capsys):
-    result = {"metrics": {}, "output_dir": str(tmp_path)}
-    _report(result, SimpleNamespace(loggers=[CSVLogger(tmp_path)]))
-    assert "tensorboard --logdir" not in capsys.readouterr().out
-    _report(result, SimpleNamespace(loggers=[TensorBoardLogger(tmp_path)]))
-    assert "tensorboard --logdir" in capsys.readouterr().out
+def test_tensorboard_hint_only_with_a_tensorboard_logger(tmp_path):
+    csv = dict(log_locations([CSVLogger(tmp_path)], tmp_path))
+    assert "tensorboard" not in csv and csv["csv"].endswith("metrics.csv")
+    tensorboard = dict(log_locations([TensorBoardLogger(tmp_path)], tmp_path))
+    assert tensorboard["tensorboard"] == f"tensorboard --logdir {tmp_path}"

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 from helpers.recording import read_records
 from helpers.train import REPO, compose_train, overrides_for, record, run_cli
 
+from s2s.checkpoint import Framing, read_checkpoint
 from s2s.pipeline import train
+from s2s.trainer import trainer_arguments
 
 
 def test_debug_smoke_pretraining(tiny_data, tmp_path):
@@ -43,6 +48,8 @@ def test_pretraining_run_writes_checkpoints_and_logs(tiny_data, tmp_path):
     for key in ("val/copy_rate", "val/fill_rate", "val/chrf"):
         assert 0 <= metrics[key] <= (100 if key == "val/chrf" else 1), key
     assert Path(result["last_checkpoint"]).name == "last.ckpt"
+    # how training framed inputs, for generate.py (data.max_source_length=48, no <s>)
+    assert read_checkpoint(result["last_checkpoint"]).framing == Framing(48, False)
     assert Path(result["best_checkpoint"]).name.startswith("best-step")
     header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "train/tokens_per_sec" in header and "train/padding_fraction" in header
@@ -75,6 +82,49 @@ def test_init_from_a_different_architecture_is_refused(tiny_data, tmp_path):
     )
     with pytest.raises(ValueError, match=r"model\.d_model=64 but the checkpoint has 32"):
         train(cfg)
+
+
+def test_max_time_stops_a_run(tiny_data, tmp_path):
+    # trainer.max_time is a key of the trainer group (no `+`); a run that would otherwise take
+    # 2,000 steps (about a minute here) ends after the 2-second budget.
+    cfg = compose_train(
+        [
+            *overrides_for(tiny_data, tmp_path),
+            "trainer.max_steps=2000",
+            "trainer.max_time=00:00:00:02",
+            "trainer.val_check_interval=100000",
+        ]
+    )
+    train(cfg)
+    rows = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    steps = [int(row.split(",")[header.index("step")]) for row in rows[1:]]
+    assert 0 < max(steps) < 2000
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.max_time=10", "trainer.max_time=10 must be a positive duration"),
+        ("trainer.max_time=2h", "trainer.max_time='2h' must be"),
+        ("trainer.max_time={weeks:0}", "trainer.max_time={'weeks': 0} must be"),
+        ("trainer.max_time={hour:1}", "trainer.max_time={'hour': 1} must be"),
+        ("+trainer.accumulate_grad_batches=2", "accumulate_grad_batches is derived"),
+    ],
+)
+def test_bad_trainer_keys_are_refused_naming_the_key(override, message, tmp_path):
+    cfg = compose_train([override, f"paths.output_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        trainer_arguments(cfg.trainer)
+
+
+def test_common_trainer_keys_need_no_plus(tmp_path):
+    overrides = ["trainer.max_time={hours:1,minutes:30}", "trainer.min_steps=5"]
+    cfg = compose_train([*overrides, f"paths.output_dir={tmp_path}"])
+    arguments = trainer_arguments(cfg.trainer)
+    assert arguments["max_time"] == {"hours": 1, "minutes": 30} and arguments["min_steps"] == 5
+    # every key of the group is a Trainer argument (a typo would reach Lightning as a TypeError)
+    assert set(arguments) - {"_target_"} <= set(inspect.signature(L.Trainer).parameters)
 
 
 @pytest.mark.parametrize(
@@ -112,6 +162,10 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     for step in range(1, 11):  # same data, same dropout, same optimiser state: same losses
         assert resumed[step]["rows"] == uninterrupted[step]["rows"], step
         assert resumed[step]["loss"] == pytest.approx(uninterrupted[step]["loss"], rel=1e-5), step
+    # the tokens seen so far carry over the resume (the run report's "tokens seen")
+    a, b = (read_checkpoint(tmp_path / d / "checkpoints" / "last.ckpt").raw for d in "ab")
+    assert a["global_step"] == b["global_step"]
+    assert a["s2s_tokens_seen"] == b["s2s_tokens_seen"] > 0
 
 
 @pytest.mark.slow  # a long training loop

@@ -18,6 +18,7 @@ tokenizer.json was swapped for another loads with a warning.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from s2s import kernels
 from s2s.checkpoint import (
     CheckpointError,
+    Framing,
     LoadedCheckpoint,
     check_loadable,
     read_checkpoint,
@@ -48,6 +50,7 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 BUNDLE_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 TOKENIZER_DIGEST = "s2s_tokenizer_sha256"  # safetensors metadata key
+FRAMING = "s2s_framing"  # safetensors metadata key: Framing.to_dict() as JSON
 log = logging.getLogger(__name__)
 
 
@@ -63,7 +66,11 @@ class Pretrained(NamedTuple):
 def load_pretrained(path: str | os.PathLike) -> Pretrained:
     """Model (eval mode, `s2s.kernels` installed unless S2S_KERNELS=0) and tokenizer from a
     bundle directory or an s2s `.ckpt` file."""
-    loaded = read_pretrained(path)
+    return build_pretrained(read_pretrained(path))
+
+
+def build_pretrained(loaded: LoadedCheckpoint) -> Pretrained:
+    """The model and tokenizer of what `read_pretrained` read."""
     model = kernels.install(Seq2SeqTransformer(loaded.config))
     load_weights(model, loaded.state_dict, loaded.source)
     return Pretrained(model.eval(), loaded.tokenizer)
@@ -105,26 +112,34 @@ def read_bundle(directory: str | os.PathLike) -> LoadedCheckpoint:
     try:
         state = load_file(weights)
         with safe_open(weights, "pt") as handle:
-            stored_digest = (handle.metadata() or {}).get(TOKENIZER_DIGEST)
+            stored = handle.metadata() or {}
+        stored_digest = stored.get(TOKENIZER_DIGEST)
     except (SafetensorError, OSError, ValueError) as err:
         raise BundleError(f"{weights}: not readable weights ({err})") from None
+    framing = _framing(stored.get(FRAMING, "{}"), str(weights))
     if stored_digest is not None and stored_digest != tokenizer.digest():
         log.warning(
             "warning: %s is not the tokenizer %s was saved with: outputs may be gibberish",
             directory / TOKENIZER_FILE,
             weights,
         )
-    return LoadedCheckpoint(state, config, tokenizer, {}, str(weights))
+    return LoadedCheckpoint(state, config, tokenizer, {}, str(weights), framing)
 
 
 def save_bundle(
-    model: Seq2SeqTransformer, tokenizer: Tokenizer, directory: str | os.PathLike
+    model: Seq2SeqTransformer,
+    tokenizer: Tokenizer,
+    directory: str | os.PathLike,
+    framing: Framing | None = None,
 ) -> Path:
-    """Write a bundle into `directory` (created if needed); nothing half-written is left."""
+    """Write a bundle into `directory` (created if needed); nothing half-written is left.
+    `framing` (how training framed inputs) goes into the weights file's metadata."""
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_FILE).write_text(model.config.to_json() + "\n", encoding="utf-8")
         metadata = {"format": "pt", TOKENIZER_DIGEST: tokenizer.digest()}
+        if framing is not None:
+            metadata[FRAMING] = json.dumps(framing.to_dict())
         save_file(unique_tensors(model.state_dict()), tmp / WEIGHTS_FILE, metadata=metadata)
         tokenizer.save(tmp / TOKENIZER_FILE)
 
@@ -195,6 +210,15 @@ def _alias_names(model: Seq2SeqTransformer) -> set[str]:
     """Names of state-dict entries that share storage with an earlier entry."""
     state = model.state_dict()
     return set(state) - set(unique_tensors(state))
+
+
+def _framing(text: str, source: str) -> Framing:
+    """The framing stored in a bundle's weights metadata (JSON), checked."""
+    try:
+        values = json.loads(text)
+    except ValueError:
+        values = text  # Framing.from_dict refuses it, naming the file
+    return Framing.from_dict(values, source)
 
 
 def _few(names: list[str], n: int = 3) -> str:

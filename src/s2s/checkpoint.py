@@ -3,7 +3,9 @@
 A Lightning `.ckpt` written by `s2s.pipeline.train` is a dict with (among Lightning's keys)
 
     "state_dict"   model weights, keys prefixed with "model." (the LightningModule attribute)
-    "s2s"          {"format": 1, "model_config": ModelConfig.to_dict(), "tokenizer": JSON text}
+    "s2s"          {"format": 1, "model_config": ModelConfig.to_dict(), "tokenizer": JSON text,
+                    "framing": Framing.to_dict() (how training framed inputs; absent in
+                    checkpoints written before it existed)}
 
 so one file is enough to rebuild the model and its tokenizer. Everything in it is plain data
 (dicts, lists, strings, numbers, tensors): `torch.load(..., weights_only=True)` reads it, and a
@@ -36,13 +38,43 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, unsafe, or not an s2s checkpoint."""
 
 
-def metadata(config: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Framing:
+    """How training framed the model's inputs, so generation can do the same by default.
+
+    max_source_length: source tokens (EOS included) inputs were cut to; None: not recorded.
+    add_bos: whether inputs started with <s> (s2s's data never does; BART's did).
+    """
+
+    max_source_length: int | None = None
+    add_bos: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_source_length": self.max_source_length, "add_bos": self.add_bos}
+
+    @classmethod
+    def from_dict(cls, values: Any, source: str) -> Framing:
+        """Checked: a damaged entry is a CheckpointError naming `source`."""
+        if isinstance(values, dict):
+            length, add_bos = values.get("max_source_length"), values.get("add_bos", False)
+            length_ok = length is None or (type(length) is int and length >= 2)
+            if length_ok and type(add_bos) is bool:
+                return cls(length, add_bos)
+        raise CheckpointError(f"{source}: damaged s2s framing {values!r}")
+
+
+def metadata(
+    config: ModelConfig, tokenizer: Tokenizer, framing: Framing | None = None
+) -> dict[str, Any]:
     """The "s2s" entry stored in every checkpoint."""
-    return {
+    meta = {
         "format": FORMAT,
         "model_config": config.to_dict(),
         "tokenizer": tokenizer.backend.to_str(),
     }
+    if framing is not None:
+        meta["framing"] = framing.to_dict()
+    return meta
 
 
 @dataclass(frozen=True)
@@ -52,6 +84,7 @@ class LoadedCheckpoint:
     tokenizer: Tokenizer
     raw: dict[str, Any]  # the whole checkpoint (optimizer state, loops, ...); {} for a bundle
     source: str = ""  # the file the weights came from, for error messages
+    framing: Framing = Framing()  # how training framed inputs (defaults where not recorded)
 
 
 def is_url(path: str | Path) -> bool:
@@ -113,12 +146,13 @@ def read_checkpoint(path: str | Path, key: str = "checkpoint") -> LoadedCheckpoi
     except Exception as err:  # KeyError, a bad value, or the tokenizers library refusing
         raise CheckpointError(f"{path}: damaged s2s metadata ({err})") from None
     check_loadable(config, tokenizer, str(path))
+    framing = Framing.from_dict(meta.get("framing", {}), str(path))
     state = {
         key[len(MODEL_PREFIX) :]: value
         for key, value in raw["state_dict"].items()
         if key.startswith(MODEL_PREFIX)
     }
-    return LoadedCheckpoint(state, config, tokenizer, raw, str(path))
+    return LoadedCheckpoint(state, config, tokenizer, raw, str(path), framing)
 
 
 def _unpickler_reason(err: pickle.UnpicklingError) -> str:

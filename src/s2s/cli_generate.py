@@ -22,6 +22,7 @@ from s2s.cli import cli_status
 from s2s.files import atomic_write
 from s2s.generation.config import GenerationConfig
 from s2s.generation.text import TextGenerator
+from s2s.metrics import METRICS, check_metrics, corpus_scores, format_scores
 
 QUIT = ":q"
 FREE_TEXT_KEYS = ("prompt",)
@@ -74,20 +75,29 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size={cfg.batch_size} must be >= 1")
     check_device(str(cfg.device))
+    metrics = cfg.get("metrics", list(METRICS))
+    if OmegaConf.is_config(metrics):
+        metrics = OmegaConf.to_container(metrics)
+    metrics = check_metrics(metrics, "metrics")
     prompts = read_prompts(Path(cfg.input_file)) if cfg.input_file is not None else None
     if prompts is not None:
         check_output_file(Path(cfg.input_file), Path(cfg.output_file), bool(cfg.overwrite))
 
     from s2s import kernels  # torch and the model: after the cheap checks
-    from s2s.bundle import load_pretrained
+    from s2s.bundle import build_pretrained, read_pretrained
 
-    model, tokenizer = load_pretrained(cfg.ckpt)
+    loaded = read_pretrained(cfg.ckpt, "ckpt")
+    model, tokenizer = build_pretrained(loaded)
+    # unset (null): frame inputs as training did, as far as the checkpoint recorded it
+    framing = loaded.framing
     generator = TextGenerator(
         model,
         tokenizer,
         config,
-        add_bos=bool(cfg.add_bos),
-        max_source_length=cfg.max_source_length,
+        add_bos=framing.add_bos if cfg.add_bos is None else bool(cfg.add_bos),
+        max_source_length=(
+            framing.max_source_length if cfg.max_source_length is None else cfg.max_source_length
+        ),
         device=str(cfg.device),
     )
     # the weights never change here, so decoding layouts are made once, not once per batch
@@ -95,7 +105,8 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
         if cfg.prompt is not None:
             print(generator([str(cfg.prompt)])[0], file=stdout)
         elif prompts is not None:
-            generate_file(generator, prompts, Path(cfg.output_file), int(cfg.batch_size), stdout)
+            output = Path(cfg.output_file)
+            generate_file(generator, prompts, output, int(cfg.batch_size), stdout, metrics)
         else:
             interactive(generator, stdin, stdout)
 
@@ -138,7 +149,12 @@ def read_prompts(path: Path) -> Prompts:
 
 
 def generate_file(
-    generator: TextGenerator, prompts: Prompts, output: Path, batch_size: int, stdout: TextIO
+    generator: TextGenerator,
+    prompts: Prompts,
+    output: Path,
+    batch_size: int,
+    stdout: TextIO,
+    metrics: Sequence[str] = METRICS,
 ) -> None:
     """Generate for every prompt (progress bar on stderr), write JSON Lines, print metrics."""
     from rich.console import Console
@@ -159,7 +175,7 @@ def generate_file(
             file=sys.stderr,
         )
     if prompts.targets is not None:
-        print(format_metrics(outputs, prompts.targets), file=stdout)
+        print(format_metrics(outputs, prompts.targets, metrics), file=stdout)
 
 
 def write_jsonl(path: Path, prompts: Prompts, outputs: Sequence[str]) -> None:
@@ -171,18 +187,15 @@ def write_jsonl(path: Path, prompts: Prompts, outputs: Sequence[str]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def format_metrics(outputs: Sequence[str], targets: Sequence[str]) -> str:
-    """Corpus BLEU (Papineni et al. 2002) and chrF (Popović 2015) via sacrebleu, and the
-    percentage of outputs equal to their target (surrounding whitespace ignored)."""
-    import sacrebleu
-
-    bleu = sacrebleu.corpus_bleu(list(outputs), [list(targets)]).score
-    chrf = sacrebleu.corpus_chrf(list(outputs), [list(targets)]).score
+def format_metrics(
+    outputs: Sequence[str], targets: Sequence[str], metrics: Sequence[str] = METRICS
+) -> str:
+    """The `metrics` (s2s.metrics: BLEU, chrF, ROUGE) and the percentage of outputs equal to
+    their target (surrounding whitespace ignored)."""
     exact = sum(o.strip() == t.strip() for o, t in zip(outputs, targets, strict=True))
-    return (
-        f"BLEU {bleu:.2f}  chrF {chrf:.2f}  exact match {100 * exact / len(targets):.1f}% "
-        f"({exact}/{len(targets)})"
-    )
+    scores = format_scores(corpus_scores(outputs, targets, metrics))
+    share = f"{100 * exact / len(targets):.1f}% ({exact}/{len(targets)})"
+    return f"{scores}  exact match {share}".strip()
 
 
 def interactive(generator: TextGenerator, stdin: TextIO, stdout: TextIO) -> None:

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from s2s.bundle import TOKENIZER_FILE, load_pretrained, publish, save_bundle
+from s2s.bundle import TOKENIZER_FILE, build_pretrained, publish, read_pretrained, save_bundle
 from s2s.cli import cli_status
 from s2s.model.transformer import Seq2SeqTransformer
 from s2s.tokenizer import EOS, MASK, PAD, Tokenizer
@@ -55,10 +55,11 @@ def export(source: str | os.PathLike, directory: str | os.PathLike, fmt: str = "
     """Load `source` (.ckpt or bundle) and write it to `directory` in format `fmt`."""
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r} must be one of {', '.join(FORMATS)}")
-    model, tokenizer = load_pretrained(source)
+    loaded = read_pretrained(source)
+    model, tokenizer = build_pretrained(loaded)
     if fmt == "hf":
         return export_hf(model, tokenizer, directory)
-    return save_bundle(model, tokenizer, directory)
+    return save_bundle(model, tokenizer, directory, loaded.framing)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,15 @@
 """Seq2SeqLitModule: the training loop's view of a `Seq2SeqTransformer`.
 
 Loss (cross-entropy over non-padding targets, optional label smoothing), metrics, the optimiser
-and its schedule, validation samples and, for pair data, BLEU / chrF. The model is injected;
-this module knows nothing of how it is built, and the model knows nothing of the loop.
+and its schedule, validation samples and, for pair data, BLEU / chrF / ROUGE (s2s.metrics). The
+model is injected; this module knows nothing of how it is built, and the model knows nothing of
+the loop.
 
-Logged keys: train/loss, train/lr, train/tokens_per_sec, train/padding_fraction, val/loss,
-val/ppl, val/token_acc, and (pairs) val/bleu, val/chrf, or (Text data, given masked lines)
-val/copy_rate, val/fill_rate, val/chrf of the denoising probe (`s2s.evaluation`).
+Logged keys: train/loss, train/lr, train/tokens_per_sec, train/tflops, train/mfu (model FLOPs
+utilisation: `s2s.throughput`), train/padding_fraction, val/loss, val/ppl, val/token_acc, and
+(pairs, as `eval.metrics` asks) val/bleu, val/chrf, val/rouge1, val/rouge2, val/rougeL,
+val/rougeLsum, or (Text data, given masked lines) val/copy_rate, val/fill_rate, val/chrf of the
+denoising probe (`s2s.evaluation`).
 """
 
 from __future__ import annotations
@@ -19,19 +22,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
-import sacrebleu
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
-from s2s.checkpoint import S2S_KEY, metadata
+from s2s.checkpoint import S2S_KEY, Framing, metadata
 from s2s.data.examples import IGNORE_INDEX
 from s2s.data.synthetic import CopyWarmup, Noise, copyable_ids, random_copy_batch, warmup_rng
 from s2s.evaluation.masked_lines import MaskedLine
+from s2s.metrics import METRICS, check_metrics, corpus_scores
 from s2s.model import Seq2SeqTransformer
+from s2s.throughput import Throughput, compute_dtype, peak_flops, train_flops
 from s2s.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+TOKENS_KEY = "s2s_tokens_seen"  # checkpoint entry: training tokens so far (all devices)
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -45,8 +50,10 @@ class EvalConfig:
     max_new_tokens: int = 64
     label_smoothing: float = 0.0
     denoise_lines: int = 64  # masked validation lines for val/copy_rate etc. (Text data only)
+    metrics: tuple[str, ...] = METRICS  # on pair data (s2s.metrics)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", check_metrics(self.metrics, "eval.metrics"))
         for name in ("num_samples", "generation_examples", "denoise_lines"):
             if getattr(self, name) < 0:
                 raise ValueError(f"eval.{name}={getattr(self, name)} must be >= 0")
@@ -69,6 +76,8 @@ class Seq2SeqLitModule(L.LightningModule):
         copy_warmup: CopyWarmup | None = None,
         warmup_noise: Noise | None = None,
         seed: int = 0,
+        peak_tflops: float | None = None,
+        framing: Framing | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -86,7 +95,14 @@ class Seq2SeqLitModule(L.LightningModule):
         if model.config.compile:
             # Compiled separately so checkpoints keep plain `model.*` keys.
             object.__setattr__(self, "_forward", torch.compile(model))
+        self.framing = framing  # how inputs are framed, stored in checkpoints for generate.py
+        self.peak_tflops = peak_tflops  # the device peak MFU is against (None: s2s.throughput)
+        self.peak_source = ""  # where the peak came from, for the run report
+        self.throughput = Throughput()  # this run's training work on this device
+        self.tokens_before = 0  # tokens seen by the runs this one resumes (all devices)
+        self.peak_flops = 0.0
         self._clock: float | None = None
+        self._batch_work: tuple[int, float] = (0, 0.0)  # real tokens, model FLOPs
         self._val_batches: list[dict[str, Tensor]] = []
 
     # -- loss -------------------------------------------------------------------------------
@@ -113,7 +129,14 @@ class Seq2SeqLitModule(L.LightningModule):
         total = batch["attention_mask"].numel() + batch["labels"].numel()
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/padding_fraction", 1.0 - real.float() / total)
-        self._log_throughput(int(real))
+        # the padded shapes are what the device computes (train/padding_fraction: how much)
+        (rows, source_len), target_len = batch["input_ids"].shape, batch["labels"].shape[1]
+        flops = train_flops(self.model.config, rows, source_len, target_len)
+        self._batch_work = (int(real), flops)
+        # counted here, not when the batch ends: a checkpoint saved at the end of this batch
+        # (callbacks run before this module's on_train_batch_end) must include it
+        self.throughput.tokens += int(real)
+        self.throughput.flops += flops
         return loss
 
     def _warmup_batch(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
@@ -129,19 +152,36 @@ class Seq2SeqLitModule(L.LightningModule):
         )
         return {k: v.to(batch["input_ids"].device) for k, v in synthetic.items()}
 
-    def _log_throughput(self, tokens: int) -> None:
-        """Real (non-padding) source + target tokens per second on this device."""
-        now = time.perf_counter()
-        if self._clock is not None:
-            self.log("train/tokens_per_sec", tokens / max(now - self._clock, 1e-9))
-        self._clock = now
+    def on_train_start(self) -> None:
+        dtype = compute_dtype(self.trainer.precision)
+        self.peak_flops, self.peak_source = peak_flops(self.device, dtype, self.peak_tflops)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._clock is None:  # the first batch, or the first after a validation
+            self._clock = time.perf_counter()
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             self.log("train/lr", scheduler.get_last_lr()[0], prog_bar=True)
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Real (non-padding) source + target tokens per second, model TFLOP/s and MFU of the
+        micro-batch just done (loading, forward, backward, optimiser step) on this device."""
+        now = time.perf_counter()
+        if self._clock is None:
+            return
+        tokens, flops = self._batch_work
+        seconds = max(now - self._clock, 1e-9)
+        self._clock = now
+        self.throughput.seconds += seconds
+        self.log("train/tokens_per_sec", tokens / seconds)
+        self.log("train/tflops", flops / seconds / 1e12)
+        if self.peak_flops:
+            self.log("train/mfu", flops / seconds / self.peak_flops)
+
     # -- validation -------------------------------------------------------------------------
+
+    def on_validation_start(self) -> None:
+        self._clock = None  # validation time is not training time
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         loss, logits = self.loss(batch)
@@ -179,12 +219,11 @@ class Seq2SeqLitModule(L.LightningModule):
             return
         outputs = self._decode_examples(batches)
         if self.pairs and self.eval_config.generation_examples:
-            predictions, references = outputs["predictions"], outputs["targets"]
             n = self.eval_config.generation_examples
-            bleu = sacrebleu.corpus_bleu(predictions[:n], [references[:n]]).score
-            chrf = sacrebleu.corpus_chrf(predictions[:n], [references[:n]]).score
-            self.log("val/bleu", bleu, rank_zero_only=True)
-            self.log("val/chrf", chrf, rank_zero_only=True)
+            predictions, references = outputs["predictions"][:n], outputs["targets"][:n]
+            scores = corpus_scores(predictions, references, self.eval_config.metrics)
+            for key, score in scores.items():
+                self.log(f"val/{key}", score, rank_zero_only=True)
         self._write_samples(outputs)
         if self.denoise_lines and self.trainer.is_global_zero:
             self._denoise_probe()
@@ -273,8 +312,18 @@ class Seq2SeqLitModule(L.LightningModule):
         clip = trainer.gradient_clip_val or 0.0
         return clip > 0 and isinstance(trainer.precision_plugin, MixedPrecision)
 
+    @property
+    def tokens_seen(self) -> int:
+        """Real training tokens so far, resumed runs included, over all devices (ranks take
+        equal batches)."""
+        return self.tokens_before + self.throughput.tokens * self.trainer.world_size
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[S2S_KEY] = metadata(self.model.config, self.tokenizer)
+        checkpoint[S2S_KEY] = metadata(self.model.config, self.tokenizer, self.framing)
+        checkpoint[TOKENS_KEY] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_before = int(checkpoint.get(TOKENS_KEY, 0))
 
 
 def _cell(text: str) -> str:

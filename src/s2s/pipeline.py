@@ -3,10 +3,11 @@
     composed Hydra config -> DataConfig + data module (tokenizer, cached ids)
                           -> ModelConfig (vocab and special ids from the tokenizer) -> model
                           -> optimiser / schedule partials -> LightningModule
-                          -> Trainer (callbacks, loggers; accumulation from the global batch)
-                          -> fit -> metrics
+                          -> Trainer (s2s.trainer: callbacks, loggers; accumulation from the
+                             global batch)
+                          -> fit -> metrics, report.md (s2s.report)
 
-`_target_` instantiation happens here and only here.
+`_target_` instantiation happens here and in s2s.trainer only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,13 +23,11 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from s2s import kernels
 from s2s.bundle import load_weights, read_pretrained
-from s2s.checkpoint import CheckpointError, LoadedCheckpoint, read_checkpoint
-from s2s.checkpoint_io import AtomicCheckpointIO
+from s2s.checkpoint import CheckpointError, Framing, LoadedCheckpoint, read_checkpoint
 from s2s.config import ModelConfig
 from s2s.data.config import DataConfig, build_dataclass
 from s2s.data.datamodule import S2SDataModule
@@ -37,11 +37,19 @@ from s2s.data.synthetic import CopyWarmup
 from s2s.evaluation.masked_lines import MaskedLine, make_masked_lines
 from s2s.files import atomic_write, remove_stale_tmp_files
 from s2s.lit_module import EvalConfig, Seq2SeqLitModule
+from s2s.metrics import METRICS
 from s2s.model import Seq2SeqTransformer
 from s2s.paths import project_root  # noqa: F401  (registers ${s2s_root:})
-from s2s.resume import ResumeState
+from s2s.report import (
+    config_diff,
+    render,
+    run_facts,
+    summary_lines,
+    write_report,
+)
 from s2s.run_dir import check_run_dir, replace_earlier_run, resolve_ckpt_path
 from s2s.tokenizer import Tokenizer
+from s2s.trainer import check_accelerator, make_trainer, peak_tflops
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,7 @@ PROBE_DOCUMENTS = 2000  # documents of a prepared val_dir the probe draws its li
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train as the composed config says; return the final metrics and where outputs went."""
+    start = time.perf_counter()
     _one_log_format()
     # Mid-epoch resume is exact here (s2s.resume skips consumed batches): not a concern.
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before")
@@ -74,9 +83,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for path in replace_earlier_run(output_dir, ckpt_path=cfg.get("ckpt_path")):
             log.info("overwrite=true: removed the earlier run's %s", path)
     _check_data_paths(cfg)
-    _check_accelerator(cfg)
+    check_accelerator(cfg)
     data_config = DataConfig.from_dict(_plain(cfg.data, "data"))
-    eval_config = build_dataclass(EvalConfig, _plain(cfg.eval, "eval"), "eval")
+    eval_values = _plain(cfg.eval, "eval")
+    metrics = eval_values.pop("metrics", METRICS)  # a list: checked by EvalConfig itself
+    eval_config = build_dataclass(EvalConfig, eval_values, "eval")
+    eval_config = dataclasses.replace(eval_config, metrics=metrics)
     warmup_values = _plain(cfg.copy_warmup, "copy_warmup") if cfg.get("copy_warmup") else {}
     copy_warmup = build_dataclass(CopyWarmup, warmup_values, "copy_warmup")
 
@@ -116,6 +128,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         copy_warmup=copy_warmup,
         warmup_noise=build_objective(data_config, tokenizer) if copy_warmup.steps else None,
         seed=int(cfg.seed),
+        peak_tflops=peak_tflops(cfg.trainer),
+        framing=Framing(max_source_length=data_config.max_source_length, add_bos=False),
     )
     trainer = make_trainer(cfg, datamodule)
     _save_run_files(output_dir, cfg, model_config, tokenizer, trainer)
@@ -129,8 +143,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             result["best_checkpoint"] = callback.best_model_path
         if callback.last_model_path and Path(callback.last_model_path).is_file():
             result["last_checkpoint"] = callback.last_model_path
+    run = run_facts(result, trainer, module, time.perf_counter() - start)
     if trainer.is_global_zero:
-        _report(result, trainer)
+        result["report"] = str(_report(run, cfg))
     return result
 
 
@@ -200,16 +215,6 @@ def _check_data_paths(cfg: DictConfig) -> None:
         )
 
 
-def _check_accelerator(cfg: DictConfig) -> None:
-    """trainer=gpu on a machine without CUDA: one line now, not Lightning's error later."""
-    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"trainer.accelerator={accelerator} but no CUDA GPU is available on this machine "
-            "(torch.cuda.is_available() is False): use trainer=cpu"
-        )
-
-
 def _read_resume_checkpoint(path: Path) -> LoadedCheckpoint:
     """The checkpoint to resume from, read safely and checked to be a training checkpoint;
     stale temporaries of a killed save beside it are removed."""
@@ -223,60 +228,6 @@ def _read_resume_checkpoint(path: Path) -> LoadedCheckpoint:
     remove_stale_tmp_files(path.parent)
     log.info("resuming from %s with its tokenizer (%d tokens)", path, loaded.tokenizer.vocab_size)
     return loaded
-
-
-def make_trainer(cfg: DictConfig, datamodule: S2SDataModule) -> L.Trainer:
-    """The Trainer, with gradient accumulation derived from the global batch size."""
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    assert isinstance(trainer_cfg, dict)
-    if "accumulate_grad_batches" in trainer_cfg:
-        raise ValueError(
-            "trainer.accumulate_grad_batches is derived from data.batch_size and "
-            "data.micro_batch_size; set those instead"
-        )
-    # A group entry set to null (e.g. callbacks.progress_bar=null) switches that piece off.
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    _keep_earlier_metrics(loggers)
-    trainer = hydra.utils.instantiate(
-        trainer_cfg,
-        callbacks=[*callbacks, ResumeState(datamodule)],
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
-    )
-    data = datamodule.config
-    world = trainer.world_size
-    micro = data.micro_batch_size or max(1, data.batch_size // world)
-    if data.batch_size % (micro * world):
-        raise ValueError(
-            f"data.batch_size={data.batch_size} must be a multiple of data.micro_batch_size "
-            f"({micro}) x devices x nodes ({world})"
-        )
-    trainer.accumulate_grad_batches = data.batch_size // (micro * world)
-    datamodule.micro_batch_size = micro
-    log.info(
-        "global batch %d = %d per device x %d devices x %d accumulation steps",
-        data.batch_size,
-        micro,
-        world,
-        trainer.accumulate_grad_batches,
-    )
-    return trainer
-
-
-def _keep_earlier_metrics(loggers: list[Any]) -> None:
-    """Lightning's CSV logger deletes an existing metrics.csv (a resumed run in the same
-    directory): move it aside to metrics-N.csv first."""
-    for logger in loggers:
-        if not isinstance(logger, CSVLogger):
-            continue
-        metrics = Path(logger.log_dir) / "metrics.csv"
-        if metrics.is_file():
-            n = 1
-            while (kept := metrics.with_name(f"metrics-{n}.csv")).exists():
-                n += 1
-            metrics.rename(kept)
-            log.info("kept the earlier %s as %s", metrics, kept.name)
 
 
 def _one_log_format() -> None:
@@ -313,17 +264,10 @@ def _save_run_files(
     tokenizer.save(output_dir / "tokenizer.json")
 
 
-def _report(result: dict[str, Any], trainer: L.Trainer) -> None:
-    metrics = result["metrics"]
-    lines = [f"run directory:   {result['output_dir']}"]
-    for key in ("last_checkpoint", "best_checkpoint"):
-        if key in result:
-            lines.append(f"{key.replace('_', ' '):16} {result[key]}")
-    if any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
-        lines.append(f"tensorboard:     tensorboard --logdir {result['output_dir']}")
-    shown = ("val/loss", "val/ppl", "val/token_acc", "val/bleu", "val/chrf")
-    shown += ("val/copy_rate", "val/fill_rate", "train/loss")
-    summary = ", ".join(f"{k}={metrics[k]:.4g}" for k in shown if k in metrics)
-    if summary:
-        lines.append(f"final metrics:   {summary}")
-    print("\n".join(lines), flush=True)
+def _report(run: dict[str, Any], cfg: DictConfig) -> Path:
+    """Print the end-of-run summary; write it, the config diff and the validation history to
+    report.md in the run directory."""
+    text = render(run, config_diff(cfg))
+    path = write_report(Path(run["output_dir"]), text)
+    print("\n".join([*summary_lines(run), f"{'report:':16} {path}"]), flush=True)
+    return path

@@ -18,8 +18,11 @@ def tiny_model(vocab_size: int, seed: int = 0, **overrides) -> Seq2SeqTransforme
     return model_fixtures.tiny_model(seed, vocab_size=vocab_size, **overrides)
 
 
-def write_ckpt(path: Path, model: Seq2SeqTransformer, tokenizer: Tokenizer, **extra) -> Path:
+def write_ckpt(
+    path: Path, model: Seq2SeqTransformer, tokenizer: Tokenizer, framing=None, **extra
+) -> Path:
     """An s2s `.ckpt` as the trainer writes it (plus any `extra` top-level entries)."""
     state = {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "s2s": metadata(model.config, tokenizer), **extra}, path)
+    meta = metadata(model.config, tokenizer, framing)
+    torch.save({"state_dict": state, "s2s": meta, **extra}, path)
     return path
