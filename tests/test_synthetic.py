@@ -120,3 +120,17 @@ def test_init_from_skips_the_warmup(tiny_data, tmp_path, monkeypatch):
     ]
     train(compose_train(tuned))
     assert len(seen) == 2 and all(inputs != labels for inputs, labels in seen)  # data rows
+
+
+def test_vocab_limits_warmup_rows_to_the_first_copyable_ids(tokenizer):
+    ids = copyable_ids(tokenizer, 50)
+    assert ids.tolist() == copyable_ids(tokenizer)[:50].tolist()
+    assert not set(ids.tolist()) & set(tokenizer.special_ids)
+    warmup = CopyWarmup(steps=1, length=40, vocab=50)
+    batch = random_copy_batch(
+        8, warmup, ids, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, rng=warmup_rng(0, 0, 0, 0)
+    )
+    rows = batch["input_ids"][:, :-1]
+    assert set(rows.flatten().tolist()) <= set(ids.tolist())
+    with pytest.raises(ValueError, match=r"copy_warmup\.vocab"):
+        CopyWarmup(vocab=1)

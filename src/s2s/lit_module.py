@@ -90,7 +90,7 @@ class Seq2SeqLitModule(L.LightningModule):
         self.copy_warmup = copy_warmup or CopyWarmup()
         self.warmup_noise = warmup_noise  # the data's objective, for noised warm-up rows
         self.seed = seed
-        self._copyable = copyable_ids(tokenizer)
+        self._copyable = copyable_ids(tokenizer, self.copy_warmup.vocab)
         self._forward = model
         if model.config.compile:
             # Compiled separately so checkpoints keep plain `model.*` keys.

@@ -50,6 +50,7 @@ class CopyWarmup:
     length: int = 12
     noised: float = 0.5
     noise_from: int = 0  # warm-up steps before any row is noised
+    vocab: int | None = None  # draw from the first `vocab` copyable ids only (None = all)
 
     def __post_init__(self) -> None:
         if self.noise_from < 0:
@@ -60,13 +61,17 @@ class CopyWarmup:
             raise ValueError(f"copy_warmup.steps={self.steps} must be >= 0")
         if self.length < 1:
             raise ValueError(f"copy_warmup.length={self.length} must be >= 1")
+        if self.vocab is not None and self.vocab < 2:
+            raise ValueError(f"copy_warmup.vocab={self.vocab} must be >= 2 (or null: all ids)")
 
 
-def copyable_ids(tokenizer: Tokenizer) -> np.ndarray:
-    """Ids a random row may hold: every id that is not a special token (pad, eos, mask, ...)."""
+def copyable_ids(tokenizer: Tokenizer, limit: int | None = None) -> np.ndarray:
+    """Ids a random row may hold: every id that is not a special token (pad, eos, mask, ...);
+    with `limit`, only the first `limit` of them (in a byte-level BPE the low ids are the bytes
+    and the earliest, most frequent merges)."""
     special = np.zeros(tokenizer.vocab_size, dtype=bool)
     special[tokenizer.special_ids] = True
-    return np.flatnonzero(~special)
+    return np.flatnonzero(~special)[:limit]
 
 
 def random_copy_batch(
