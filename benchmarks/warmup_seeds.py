@@ -27,8 +27,10 @@ def main() -> None:
     parser.add_argument("seeds", nargs="+", type=int)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("/tmp/s2s-seeds"))
-    parser.add_argument("overrides", nargs="*", help="more train.py overrides (after --)")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    args.overrides = argv[cut + 1 :]  # more train.py overrides, after --
     args.out.mkdir(parents=True, exist_ok=True)
     print("| seed | wall | val/loss by step | copy by step |")
     print("|---|---|---|---|")
