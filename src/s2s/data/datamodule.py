@@ -134,14 +134,7 @@ class S2SDataModule(L.LightningDataModule):
             rows = PackedBlocks(
                 prepared.streams["text"], block_length(cfg), len(manifest.separator)
             )
-        return TextDataset(
-            rows,
-            build_objective(cfg, tok),
-            seed=cfg.seed,
-            eos_id=tok.eos_id,
-            fixed_epoch=None if split == "train" else VALIDATION_EPOCH,
-            **lengths,
-        )
+        return self._text_dataset(split, rows)
 
     def document_texts(self, split: str, limit: int) -> list[str]:
         """The decoded text of the first `limit` documents of a prepared split."""
@@ -176,13 +169,19 @@ class S2SDataModule(L.LightningDataModule):
         else:
             rows, cut = truncate(rows, block)
             self._warn_truncated(split, "Text", cut, len(rows), block)
+        return self._text_dataset(split, rows)
+
+    def _text_dataset(self, split: str, rows) -> TextDataset:
+        """Text rows (in memory or streamed) noised by the objective; validation noise fixed."""
+        cfg = self.config
         return TextDataset(
             rows,
-            build_objective(cfg, tok),
+            build_objective(cfg, self.tokenizer),
             seed=cfg.seed,
-            eos_id=tok.eos_id,
+            eos_id=self.tokenizer.eos_id,
+            max_source_length=cfg.max_source_length,
+            max_target_length=cfg.max_target_length,
             fixed_epoch=None if split == "train" else VALIDATION_EPOCH,
-            **lengths,
         )
 
     def _count_truncated(self, split: str, field: str, lengths, max_length: int) -> None:
