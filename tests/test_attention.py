@@ -7,16 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.attention import assert_dropout_of_the_probabilities, randn
 
 from s2s.model.attention import AttentionMask, CrossAttention, SelfAttention, attend, build_mask
 from s2s.model.cache import LayerCache
 
 LOWEST = torch.finfo(torch.float32).min
-
-
-def randn(*shape, seed=0, requires_grad=False):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen).requires_grad_(requires_grad)
 
 
 def test_padding_mask_becomes_key_mask():
@@ -101,21 +97,7 @@ def test_sdpa_equals_math_values_and_gradients(case):
 def test_attention_dropout_is_dropout_of_the_probabilities():
     """The math path drops attention probabilities: same function, same mask (drawn from the
     global generator like torch's dropout), same gradients."""
-    q = randn(2, 3, 5, 8, seed=1, requires_grad=True)  # (B, H, T, Dh)
-    k, v = (randn(2, 3, 7, 8, seed=s, requires_grad=True) for s in (2, 3))  # (B, H, S, Dh)
-    bias = randn(1, 3, 5, 7, seed=4)
-    torch.manual_seed(11)
-    out = attend(q, k, v, AttentionMask(bias), scale=0.5, dropout=0.25, backend="math")
-    torch.manual_seed(11)
-    probs = torch.softmax(q @ k.transpose(-1, -2) * 0.5 + bias, dim=-1)  # (B, H, T, S)
-    dropped = F.dropout(probs, 0.25, training=True)
-    assert (dropped == 0).any() and not torch.equal(dropped, probs)  # it does drop
-    expected = dropped @ v
-    torch.testing.assert_close(out, expected)
-    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
-    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
-    for got, want in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want)
+    assert_dropout_of_the_probabilities(attend, F.dropout)
 
 
 def _separate_projection_reference(attn: SelfAttention, x, scale):

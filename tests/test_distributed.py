@@ -12,21 +12,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers.model import tiny_config
 
 from s2s import kernels
-from s2s.config import ModelConfig
 from s2s.distributed import LAYER_UNITS, fsdp_strategy
 from s2s.model import Seq2SeqTransformer
 
-CONFIG = ModelConfig(
-    vocab_size=64,
-    d_model=32,
-    d_ff=64,
-    n_heads=4,
-    n_encoder_layers=2,
-    n_decoder_layers=2,
-    dropout=0.0,
-)
+CONFIG = tiny_config()
 
 
 def model_and_batch():

@@ -11,6 +11,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.attention import assert_dropout_of_the_probabilities, randn
 from helpers.model import POSITIONS, kernel_model, padded_batch, tiny_model, with_kernels
 from torch import nn
 
@@ -23,11 +24,6 @@ from s2s.kernels.pages import HUGE_PAGE, one_buffer
 from s2s.model import Seq2SeqTransformer
 from s2s.model.attention import AttentionMask, build_mask
 from s2s.model.feedforward import FeedForward
-
-
-def randn(*shape, seed=0, requires_grad=False):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen).requires_grad_(requires_grad)
 
 
 def test_install_switches_every_twinned_module_and_uninstall_switches_back():
@@ -91,21 +87,7 @@ def test_installed_model_trains_like_the_plain_one(positions, backend):
 def test_kernel_attention_dropout_is_dropout_of_the_probabilities():
     """The CPU math path scales the output instead of the probabilities: same function,
     same mask (drawn from the global generator like `s2s.kernels.dropout`), same gradients."""
-    q = randn(2, 3, 5, 8, seed=1, requires_grad=True)  # (B, H, T, Dh)
-    k, v = (randn(2, 3, 7, 8, seed=s, requires_grad=True) for s in (2, 3))  # (B, H, S, Dh)
-    bias = randn(1, 3, 5, 7, seed=4)
-    torch.manual_seed(11)
-    out = attend(q, k, v, AttentionMask(bias), scale=0.5, dropout=0.25, backend="math")
-    torch.manual_seed(11)
-    probs = torch.softmax(q @ k.transpose(-1, -2) * 0.5 + bias, dim=-1)  # (B, H, T, S)
-    dropped = dropout(probs, 0.25, training=True)
-    assert (dropped == 0).any() and not torch.equal(dropped, probs)  # it does drop
-    expected = dropped @ v
-    torch.testing.assert_close(out, expected)
-    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
-    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
-    for got, want in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want)
+    assert_dropout_of_the_probabilities(attend, dropout)
 
 
 def test_kernel_feedforward_dropout_is_dropout_of_the_inner_activation():

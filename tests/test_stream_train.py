@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers.recording import read_records
-from helpers.train import TINY_MODEL, compose_train, overrides_for, record, run_cli
+from helpers.train import TINY_MODEL, compose_train, overrides_for, record, run_ddp_records
 from omegaconf import OmegaConf
 
 from s2s.data.config import DataConfig
@@ -84,17 +84,7 @@ def test_stream_ddp_ranks_read_disjoint_blocks_in_equal_numbers(
     prepared,
     tmp_path,
 ):
-    path = tmp_path / "ddp.json"
-    args = [
-        *stream_overrides(tiny_data, prepared, tmp_path),
-        *record(path),
-        "trainer=ddp_cpu",
-        "trainer.max_steps=3",
-        "trainer.val_check_interval=3",
-    ]
-    done = run_cli(args, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [read_records(path, rank) for rank in (0, 1)]
+    ranks = run_ddp_records(stream_overrides(tiny_data, prepared, tmp_path), tmp_path)
     assert [len(r) for r in ranks] == [3, 3]
     rows = [{row for step in r for row in step["rows"]} for r in ranks]
     assert rows[0] and rows[1] and not rows[0] & rows[1]

@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 from helpers.recording import read_records
-from helpers.train import REPO, compose_train, overrides_for, record, run_cli
+from helpers.train import REPO, compose_train, overrides_for, record, run_cli, run_ddp_records
 
 from s2s.checkpoint import Framing, read_checkpoint
 from s2s.pipeline import train
@@ -199,17 +199,7 @@ def test_same_seed_same_losses_other_seed_other_losses(tiny_data, tmp_path):
 
 @pytest.mark.slow  # spawns processes
 def test_ddp_cpu_runs_two_ranks_on_different_data(tiny_data, tmp_path):
-    path = tmp_path / "ddp.json"
-    args = [
-        *overrides_for(tiny_data, tmp_path),
-        *record(path),
-        "trainer=ddp_cpu",
-        "trainer.max_steps=3",
-        "trainer.val_check_interval=3",
-    ]
-    done = run_cli(args, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [read_records(path, rank) for rank in (0, 1)]
+    ranks = run_ddp_records(overrides_for(tiny_data, tmp_path), tmp_path)
     assert [len(r) for r in ranks] == [3, 3]
     rows = [{row for step in r for row in step["rows"]} for r in ranks]
     assert rows[0] and rows[1] and not rows[0] & rows[1]

@@ -276,18 +276,8 @@ def test_decode_matches_forward_and_returns_new_cache():
 @pytest.mark.parametrize("with_kernels", [False, True])
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(with_kernels):
     from s2s import kernels
-    from s2s.config import ModelConfig
 
-    config = ModelConfig(
-        vocab_size=64,
-        d_model=32,
-        d_ff=64,
-        n_heads=4,
-        n_encoder_layers=2,
-        n_decoder_layers=2,
-        dropout=0.2,
-        positions="t5_relative",
-    )
+    config = tiny_config(dropout=0.2, positions="t5_relative")
     torch.manual_seed(0)
     plain = Seq2SeqTransformer(config)
     checkpointed = Seq2SeqTransformer(config).checkpoint_activations()

@@ -73,3 +73,21 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comple
         text=True,
         timeout=timeout,
     )
+
+
+def run_ddp_records(overrides: list[str], tmp_path: Path, steps: int = 3) -> list[list[dict]]:
+    """`train.py` as 2 CPU processes (trainer=ddp_cpu) for `steps` steps, recording batches;
+    the records of rank 0 and rank 1."""
+    from helpers.recording import read_records
+
+    path = tmp_path / "ddp.json"
+    args = [
+        *overrides,
+        *record(path),
+        "trainer=ddp_cpu",
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={steps}",
+    ]
+    done = run_cli(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [read_records(path, rank) for rank in (0, 1)]
