@@ -134,3 +134,60 @@ def test_vocab_limits_warmup_rows_to_the_first_copyable_ids(tokenizer):
     assert set(rows.flatten().tolist()) <= set(ids.tolist())
     with pytest.raises(ValueError, match=r"copy_warmup\.vocab"):
         CopyWarmup(vocab=1)
+
+
+def test_warmup_ends_once_the_model_copies_and_a_resume_keeps_that_end(
+    tiny_data, tmp_path, monkeypatch, caplog
+):
+    """copy_warmup.until ends the warm-up after the first step whose last `window` batches
+    average at least `until`; the step it ended at travels in the checkpoint."""
+    scores = iter([0.2, 0.9, 0.95, 0.99])  # what the model "copies" on warm-up steps 0, 1, ...
+    monkeypatch.setattr("s2s.lit_module.copy_accuracy", lambda *_: torch.tensor(next(scores)))
+    seen = []
+    original = Seq2SeqLitModule.loss
+
+    def spy(self, batch):
+        if self.training:
+            labels = [t for t in batch["labels"][0].tolist() if t != IGNORE_INDEX]
+            seen.append(batch["input_ids"][0].tolist() == labels)  # a copy row?
+        return original(self, batch)
+
+    monkeypatch.setattr(Seq2SeqLitModule, "loss", spy)
+    run = [
+        *overrides_for(tiny_data, tmp_path),
+        "copy_warmup.steps=10",
+        "copy_warmup.noised=0.0",
+        "copy_warmup.until=0.9",
+        "copy_warmup.window=2",
+    ]
+    with caplog.at_level("INFO", logger="s2s.lit_module"):
+        first = train(compose_train([*run, "trainer.max_steps=4"]))
+    # mean(0.2, 0.9) < 0.9; mean(0.9, 0.95) >= 0.9 after step 2: data from step 3 on
+    assert seen == [True, True, True, False]
+    assert "copy warm-up done after 3 steps: copies 92% of its tokens" in caplog.text
+    state = torch.load(first["last_checkpoint"], weights_only=False)["s2s_copy_warmup"]
+    assert state["end"] == 3 and state["scores"] == pytest.approx([0.9, 0.95])
+
+    seen.clear()  # resumed past the end: data rows only, although 4 < copy_warmup.steps
+    train(compose_train([*run, "trainer.max_steps=6", f"ckpt_path={first['last_checkpoint']}"]))
+    assert seen == [False, False]
+
+
+def test_a_warmup_that_never_copies_says_so(tiny_data, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("s2s.lit_module.copy_accuracy", lambda *_: torch.tensor(0.1))
+    run = [
+        *overrides_for(tiny_data, tmp_path),
+        "copy_warmup.steps=2",
+        "copy_warmup.until=0.9",
+        "copy_warmup.window=1",
+        "trainer.max_steps=3",
+    ]
+    with caplog.at_level("INFO", logger="s2s.lit_module"):
+        train(compose_train(run))
+    assert "2 steps (copy_warmup.steps) and the model copies only 10%" in caplog.text
+
+
+@pytest.mark.parametrize("values", [{"until": 0.0}, {"until": 1.5}, {"window": 0}])
+def test_bad_until_or_window_is_refused(values):
+    with pytest.raises(ValueError, match="copy_warmup"):
+        CopyWarmup(**values)

@@ -37,6 +37,7 @@ from s2s.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 TOKENS_KEY = "s2s_tokens_seen"  # checkpoint entry: training tokens so far (all devices)
+WARMUP_KEY = "s2s_copy_warmup"  # checkpoint entry: where the copy warm-up ended, recent scores
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -91,6 +92,9 @@ class Seq2SeqLitModule(L.LightningModule):
         self.warmup_noise = warmup_noise  # the data's objective, for noised warm-up rows
         self.seed = seed
         self._copyable = copyable_ids(tokenizer, self.copy_warmup.vocab)
+        self._warmup_end: int | None = None  # the step the warm-up ended at, once it copies
+        self._copy_scores: list[float] = []  # its token accuracy on the last warm-up batches
+        self._warmup_reported = False
         self._forward = model
         if model.config.compile:
             # Compiled separately so checkpoints keep plain `model.*` keys.
@@ -122,9 +126,14 @@ class Seq2SeqLitModule(L.LightningModule):
         return loss, logits
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        if self.global_step < self.copy_warmup.steps:
+        warmup = self.in_copy_warmup
+        if warmup:
             batch = self._warmup_batch(batch, batch_idx)
-        loss, _ = self.loss(batch)
+        elif self.copy_warmup.steps and not self._warmup_reported:
+            self._report_warmup()
+        loss, logits = self.loss(batch)
+        if warmup:
+            self._track_copying(logits, batch["labels"])
         real = batch["attention_mask"].sum() + (batch["labels"] != IGNORE_INDEX).sum()
         total = batch["attention_mask"].numel() + batch["labels"].numel()
         self.log("train/loss", loss, prog_bar=True)
@@ -138,6 +147,50 @@ class Seq2SeqLitModule(L.LightningModule):
         self.throughput.tokens += int(real)
         self.throughput.flops += flops
         return loss
+
+    @property
+    def in_copy_warmup(self) -> bool:
+        """Whether this step trains on random rows to copy (s2s.data.synthetic): the first
+        `copy_warmup.steps`, or fewer once the model copies `copy_warmup.until` of them."""
+        end = self.copy_warmup.steps if self._warmup_end is None else self._warmup_end
+        return self.global_step < end
+
+    def _track_copying(self, logits: Tensor, labels: Tensor) -> None:
+        """Log the share of warm-up tokens the model predicts right (train/copy_acc) and end
+        the warm-up after this step once the last `window` batches average `until`."""
+        score = copy_accuracy(logits.detach(), labels)
+        # the mean over ranks: every rank ends the warm-up at the same step
+        score = float(self.trainer.strategy.reduce(score, reduce_op="mean"))
+        self.log("train/copy_acc", score)
+        window = self.copy_warmup.window
+        self._copy_scores = [*self._copy_scores, score][-window:]
+        until = self.copy_warmup.until
+        if until is not None and len(self._copy_scores) == window:
+            if sum(self._copy_scores) / window >= until:
+                self._warmup_end = self.global_step + 1
+
+    def _report_warmup(self) -> None:
+        """Say, once, how the warm-up ended: it copies, or it ran out of steps."""
+        self._warmup_reported = True
+        end = self.copy_warmup.steps if self._warmup_end is None else self._warmup_end
+        recent = sum(self._copy_scores) / max(len(self._copy_scores), 1)
+        until = self.copy_warmup.until
+        if until is None or recent >= until:
+            log.info(
+                "copy warm-up done after %d steps: copies %.0f%% of its tokens; "
+                "training on the data from now on",
+                end,
+                100 * recent,
+            )
+        elif self._copy_scores:  # a resume after the warm-up has no scores to judge by
+            log.warning(
+                "copy warm-up: %d steps (copy_warmup.steps) and the model copies only %.0f%% "
+                "of its tokens (copy_warmup.until=%g): it may not learn to copy its input; "
+                "more copy_warmup.steps or another seed may",
+                end,
+                100 * recent,
+                until,
+            )
 
     def _warmup_batch(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """The data batch replaced by random rows to copy (s2s.data.synthetic), same row count."""
@@ -321,9 +374,19 @@ class Seq2SeqLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[S2S_KEY] = metadata(self.model.config, self.tokenizer, self.framing)
         checkpoint[TOKENS_KEY] = self.tokens_seen
+        checkpoint[WARMUP_KEY] = {"end": self._warmup_end, "scores": self._copy_scores}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_before = int(checkpoint.get(TOKENS_KEY, 0))
+        warmup = checkpoint.get(WARMUP_KEY, {})
+        self._warmup_end = warmup.get("end")
+        self._copy_scores = list(warmup.get("scores", []))
+
+
+def copy_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """The share of real target tokens whose most likely prediction is right (a 0-d tensor)."""
+    real = labels != IGNORE_INDEX
+    return ((logits.argmax(-1) == labels) & real).sum() / real.sum().clamp(min=1)
 
 
 def _cell(text: str) -> str:

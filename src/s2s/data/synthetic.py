@@ -51,6 +51,10 @@ class CopyWarmup:
     noised: float = 0.5
     noise_from: int = 0  # warm-up steps before any row is noised
     vocab: int | None = None  # draw from the first `vocab` copyable ids only (None = all)
+    # end early, once the model copies this share of the warm-up tokens (mean of the last
+    # `window` steps; None = always `steps`)
+    until: float | None = None
+    window: int = 10
 
     def __post_init__(self) -> None:
         if self.noise_from < 0:
@@ -61,6 +65,10 @@ class CopyWarmup:
             raise ValueError(f"copy_warmup.steps={self.steps} must be >= 0")
         if self.length < 1:
             raise ValueError(f"copy_warmup.length={self.length} must be >= 1")
+        if self.until is not None and not 0 < self.until <= 1:
+            raise ValueError(f"copy_warmup.until={self.until} must be in (0, 1] (or null)")
+        if self.window < 1:
+            raise ValueError(f"copy_warmup.window={self.window} must be >= 1")
         if self.vocab is not None and self.vocab < 2:
             raise ValueError(f"copy_warmup.vocab={self.vocab} must be >= 2 (or null: all ids)")
 
