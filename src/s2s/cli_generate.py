@@ -79,6 +79,9 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
     if OmegaConf.is_config(metrics):
         metrics = OmegaConf.to_container(metrics)
     metrics = check_metrics(metrics, "metrics")
+    plot = cfg.get("attention_plot")
+    if plot is not None:
+        check_attention_plot(Path(plot), cfg)
     prompts = read_prompts(Path(cfg.input_file)) if cfg.input_file is not None else None
     if prompts is not None:
         check_output_file(Path(cfg.input_file), Path(cfg.output_file), bool(cfg.overwrite))
@@ -102,7 +105,11 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
     )
     # the weights never change here, so decoding layouts are made once, not once per batch
     with kernels.decoding_session(model):
-        if cfg.prompt is not None:
+        if cfg.prompt is not None and plot is not None:
+            source, output = generator.token_ids(str(cfg.prompt))
+            print(tokenizer.decode(output), file=stdout)
+            draw_attention(model, tokenizer, source, output, Path(plot), stdout)
+        elif cfg.prompt is not None:
             print(generator([str(cfg.prompt)])[0], file=stdout)
         elif prompts is not None:
             output = Path(cfg.output_file)
@@ -122,6 +129,27 @@ def check_device(device: str) -> None:
             f"device={device} but CUDA is not available on this machine "
             "(torch.cuda.is_available() is False): use device=cpu"
         )
+
+
+def check_attention_plot(path: Path, cfg: DictConfig) -> None:
+    """attention_plot= draws the one prompt= into an image file matplotlib can write."""
+    from s2s.evaluation.attention_maps import PLOT_FORMATS, require_matplotlib
+
+    if cfg.prompt is None:
+        raise ValueError("attention_plot= draws one prompt: give prompt=... too")
+    if path.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+        raise ValueError(f"attention_plot={path}: name an image file ({', '.join(PLOT_FORMATS)})")
+    if path.exists() and not cfg.overwrite:
+        raise ValueError(f"attention_plot={path} exists; overwrite=true replaces it")
+    require_matplotlib()
+
+
+def draw_attention(model, tokenizer, source, output, path: Path, stdout: TextIO) -> None:
+    """The last decoder layer's cross-attention (mean of heads) while it wrote `output`."""
+    from s2s.evaluation.attention_maps import attention_figure, save_plot
+
+    save_plot(attention_figure(model, tokenizer, source, output), path)
+    print(f"cross-attention picture: {path}", file=sys.stderr)
 
 
 def check_output_file(input_file: Path, output_file: Path, overwrite: bool) -> None:

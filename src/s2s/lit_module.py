@@ -14,6 +14,7 @@ denoising probe (`s2s.evaluation`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -51,11 +52,12 @@ class EvalConfig:
     max_new_tokens: int = 64
     label_smoothing: float = 0.0
     denoise_lines: int = 64  # masked validation lines for val/copy_rate etc. (Text data only)
+    attention_maps: int = 1  # validation samples drawn as cross-attention heat maps
     metrics: tuple[str, ...] = METRICS  # on pair data (s2s.metrics)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", check_metrics(self.metrics, "eval.metrics"))
-        for name in ("num_samples", "generation_examples", "denoise_lines"):
+        for name in ("num_samples", "generation_examples", "denoise_lines", "attention_maps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"eval.{name}={getattr(self, name)} must be >= 0")
         if self.max_new_tokens < 1:
@@ -165,9 +167,9 @@ class Seq2SeqLitModule(L.LightningModule):
         window = self.copy_warmup.window
         self._copy_scores = [*self._copy_scores, score][-window:]
         until = self.copy_warmup.until
-        if until is not None and len(self._copy_scores) == window:
-            if sum(self._copy_scores) / window >= until:
-                self._warmup_end = self.global_step + 1
+        full = len(self._copy_scores) == window
+        if until is not None and full and sum(self._copy_scores) / window >= until:
+            self._warmup_end = self.global_step + 1
 
     def _report_warmup(self) -> None:
         """Say, once, how the warm-up ended: it copies, or it ran out of steps."""
@@ -278,6 +280,7 @@ class Seq2SeqLitModule(L.LightningModule):
             for key, score in scores.items():
                 self.log(f"val/{key}", score, rank_zero_only=True)
         self._write_samples(outputs)
+        self._write_attention_maps(outputs)
         if self.denoise_lines and self.trainer.is_global_zero:
             self._denoise_probe()
 
@@ -306,12 +309,15 @@ class Seq2SeqLitModule(L.LightningModule):
 
     @torch.no_grad()
     def _decode_examples(self, batches: list[dict[str, Tensor]]) -> dict[str, list[str]]:
-        from s2s.generation import generate  # generation builds on the model, not the loop
+        # generation builds on the model, not the loop
+        from s2s.generation import generate
+        from s2s.generation.text import until_eos
 
         limit = max(self.eval_config.num_samples, self.eval_config.generation_examples)
         if not self.pairs:
             limit = self.eval_config.num_samples
-        out: dict[str, list[str]] = {"inputs": [], "predictions": [], "targets": []}
+        out: dict[str, list] = {"inputs": [], "predictions": [], "targets": []}
+        out["input_ids"], out["prediction_ids"] = [], []  # without padding (attention maps)
         for batch in batches:
             if len(out["inputs"]) >= limit:
                 break
@@ -326,6 +332,11 @@ class Seq2SeqLitModule(L.LightningModule):
                 batch["input_ids"].tolist(), skip_special_tokens=False
             )
             out["predictions"] += self.tokenizer.decode_batch(ids.tolist())
+            for row, mask, new_ids in zip(
+                batch["input_ids"], batch["attention_mask"], ids.tolist(), strict=True
+            ):
+                out["input_ids"].append(row[mask.bool()].tolist())
+                out["prediction_ids"].append(until_eos(new_ids, self.tokenizer.eos_id))
             out["targets"] += self.tokenizer.decode_batch(labels.tolist())
         return {k: v[:limit] for k, v in out.items()}
 
@@ -340,6 +351,28 @@ class Seq2SeqLitModule(L.LightningModule):
         ):
             rows.append(f"| {_cell(source)} | {_cell(pred)} | {_cell(target)} |")
         experiment.add_text("val/samples", "\n".join(rows), self.global_step)
+
+    def _write_attention_maps(self, outputs: dict[str, list]) -> None:
+        """Heat maps of the last decoder layer's cross-attention (mean over heads) while the
+        model wrote its first `eval.attention_maps` validation outputs, as TensorBoard images
+        (s2s.evaluation.attention_maps; needs matplotlib, the `plots` extra)."""
+        from s2s.evaluation.attention_maps import MissingMatplotlib, attention_figure
+
+        n = self.eval_config.attention_maps
+        experiment = getattr(self.logger, "experiment", None)
+        if not n or not self.trainer.is_global_zero or not hasattr(experiment, "add_figure"):
+            return
+        pairs = zip(outputs["input_ids"][:n], outputs["prediction_ids"][:n], strict=True)
+        for i, (source, output) in enumerate(pairs):
+            if not source or not output:
+                continue
+            try:
+                figure = attention_figure(self.model, self.tokenizer, source, output)
+            except MissingMatplotlib as err:
+                log.info("no cross-attention pictures in TensorBoard: %s", err)
+                self.eval_config = dataclasses.replace(self.eval_config, attention_maps=0)
+                return
+            experiment.add_figure(f"val/cross_attention/{i}", figure, self.global_step, close=True)
 
     # -- optimisation and checkpoints -------------------------------------------------------
 

@@ -83,6 +83,12 @@ class TextGenerator:
         )
         return self.tokenizer.decode_batch(tokens.tolist())
 
+    def token_ids(self, text: str) -> tuple[list[int], list[int]]:
+        """The ids of one prompt as the model reads it, and of its output up to EOS."""
+        input_ids, _ = self.encode([text])
+        tokens = generate(self.model, input_ids, config=self.config, generator=self.generator)
+        return input_ids[0].tolist(), until_eos(tokens[0].tolist(), self.tokenizer.eos_id)
+
     def run_batches(
         self,
         texts: Sequence[str],
@@ -100,3 +106,8 @@ class TextGenerator:
             if on_batch is not None:
                 on_batch(len(chunk))
         return outputs
+
+
+def until_eos(ids: list[int], eos_id: int) -> list[int]:
+    """`ids` up to and including the first EOS (all of them when there is none)."""
+    return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids

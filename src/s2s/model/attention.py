@@ -100,6 +100,15 @@ def attend(
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask.tensor, dropout_p=dropout, is_causal=mask.is_causal, scale=scale
         )
+    probs = attention_weights(q, k, mask, scale=scale)  # (B, H, T, S)
+    if dropout > 0.0:
+        probs = F.dropout(probs, dropout)
+    return torch.matmul(probs, v)  # (B, H, T, Dh)
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: AttentionMask, *, scale: float) -> Tensor:
+    """softmax(scale * Q K^T + bias, masked): q (B, H, T, Dh), k (B, H, S, Dh) -> (B, H, T, S),
+    each row a distribution over the S keys."""
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, T, S)
     allowed = mask.tensor if mask.tensor is not None and mask.tensor.dtype == torch.bool else None
     if mask.is_causal:
@@ -109,10 +118,7 @@ def attend(
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     elif mask.tensor is not None:
         scores = scores + mask.tensor  # an additive bias, masked entries already at the minimum
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, T, S)
-    if dropout > 0.0:
-        probs = F.dropout(probs, dropout)
-    return torch.matmul(probs, v)  # (B, H, T, Dh)
+    return torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, T, S)
 
 
 def split_heads(x: Tensor, n_parts: int, n_heads: int) -> list[Tensor]:
@@ -149,6 +155,9 @@ class _Attention(nn.Module):
         self.scale = d_head**-0.5 if scale else 1.0
         self.dropout = dropout
         self.backend = backend
+        # a list to append each call's attention weights (B, H, T, S) to, or None (the usual):
+        # set by s2s.evaluation.attention_maps.recording
+        self.record: list[Tensor] | None = None
         # the subclass's input projections first, `out` last: parameter order (and so
         # initialisation and optimizer state order) as in every checkpoint so far
         self.make_input_projections(d_model, n_heads * d_head, bias)
@@ -160,6 +169,8 @@ class _Attention(nn.Module):
     def attend_and_project(self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask) -> Tensor:
         """q (B, H, T, Dh) over k, v (B, H, S, Dh) -> (B, T, D): `attend`, heads merged, `out`."""
         dropout = self.dropout if self.training else 0.0
+        if self.record is not None:
+            self.record.append(attention_weights(q, k, mask, scale=self.scale).detach())
         y = attend(q, k, v, mask, scale=self.scale, dropout=dropout, backend=self.backend)
         return self.out(merge_heads(y))
 
