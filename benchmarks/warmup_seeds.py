@@ -20,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LOSS = re.compile(r"step (\d+)(?: \(before training\))?: val/loss ([\d.]+)")
 COPY = re.compile(r"step (\d+): masked lines: copy ([\d.]+)%")
+DONE = re.compile(r"copy warm-up done after (\d+) steps|copy warm-up: (\d+) steps .* copies only")
 
 
 def main() -> None:
@@ -32,8 +33,8 @@ def main() -> None:
     args = parser.parse_args(argv[:cut])
     args.overrides = argv[cut + 1 :]  # more train.py overrides, after --
     args.out.mkdir(parents=True, exist_ok=True)
-    print("| seed | wall | val/loss by step | copy by step |")
-    print("|---|---|---|---|")
+    print("| seed | wall | warm-up ended | val/loss by step | copy by step |")
+    print("|---|---|---|---|---|")
     for seed in args.seeds:
         log = args.out / f"s{seed}.log"
         command = [
@@ -55,7 +56,12 @@ def main() -> None:
         text = log.read_text()
         losses = " / ".join(f"{s}: {v}" for s, v in LOSS.findall(text))
         copies = " / ".join(f"{s}: {v}%" for s, v in COPY.findall(text))
-        print(f"| {seed} | {time.perf_counter() - start:.0f} s | {losses} | {copies} |", flush=True)
+        done = DONE.search(text)
+        ended = (
+            "-" if done is None else (done[1] and f"step {done[1]}") or f"not copying ({done[2]})"
+        )
+        wall = time.perf_counter() - start
+        print(f"| {seed} | {wall:.0f} s | {ended} | {losses} | {copies} |", flush=True)
 
 
 if __name__ == "__main__":

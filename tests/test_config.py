@@ -44,7 +44,6 @@ def test_indivisible_d_model_names_both_fields():
         ({"norm": "batchnorm"}, r"model\.norm='batchnorm'"),
         ({"norm_position": "middle"}, r"model\.norm_position='middle'"),
         ({"activation": "tanh"}, r"model\.activation='tanh'"),
-        ({"attention_backend": "flash"}, r"model\.attention_backend='flash'"),
         ({"dropout": 1.0}, r"model\.dropout=1\.0 must be in \[0, 1\)"),
         ({"attention_dropout": -0.1}, r"model\.attention_dropout=-0\.1"),
         ({"n_encoder_layers": 0}, r"model\.n_encoder_layers=0 must be >= 1"),
@@ -61,12 +60,14 @@ def test_invalid_values_raise_naming_the_field(overrides, message):
 
 
 def test_wrong_types_raise():
-    with pytest.raises(TypeError, match=r"model\.norm_eps='1e-6' has type str"):
+    with pytest.raises(ValueError, match=r"model\.norm_eps='1e-6' must be float"):
         ModelConfig(norm_eps="1e-6")
-    with pytest.raises(TypeError, match=r"model\.d_model=True"):
+    with pytest.raises(ValueError, match=r"model\.d_model=True must be int"):
         ModelConfig(d_model=True)
-    with pytest.raises(TypeError, match=r"model\.gated_ffn=1"):
+    with pytest.raises(ValueError, match=r"model\.gated_ffn=1 must be bool"):
         ModelConfig(gated_ffn=1)
+    with pytest.raises(ValueError, match=r"model\.d_head='8' must be int or null"):
+        ModelConfig(d_head="8")
 
 
 def test_dict_and_json_round_trip():
@@ -77,8 +78,26 @@ def test_dict_and_json_round_trip():
 
 
 def test_from_dict_rejects_unknown_keys_listing_them():
-    with pytest.raises(ValueError, match=r"unknown model config keys \['hidden', 'num_heads'\]"):
+    with pytest.raises(ValueError, match=r"unknown key model\.hidden; valid keys of model: "):
         ModelConfig.from_dict({"d_model": 64, "num_heads": 4, "hidden": 3})
+
+
+def test_run_time_keys_of_older_files_are_dropped_and_training_fields_are_not_architecture():
+    old = {**ModelConfig(d_model=64).to_dict(), "compile": True, "attention_backend": "math"}
+    assert ModelConfig.from_dict(old) == ModelConfig(d_model=64)
+    tuned = ModelConfig(d_model=64, dropout=0.3, attention_dropout=0.1, init_std=0.5)
+    assert tuned.architecture() == ModelConfig(d_model=64).architecture()
+    assert ModelConfig(d_model=32).architecture() != ModelConfig(d_model=64).architecture()
+
+
+def test_attention_backend_is_set_on_every_attention_module_and_checked():
+    model = Seq2SeqTransformer(ModelConfig(d_model=32, n_heads=2, d_ff=32, vocab_size=64))
+    backends = [m.backend for m in model.modules() if hasattr(m, "backend")]
+    assert backends == ["sdpa"] * 9  # 3 encoder self, 3 decoder self, 3 cross
+    model.set_attention_backend("math")
+    assert {m.backend for m in model.modules() if hasattr(m, "backend")} == {"math"}
+    with pytest.raises(ValueError, match=r"attention_backend='flash' must be one of"):
+        model.set_attention_backend("flash")
 
 
 def test_replace_sets_tokenizer_fields_and_revalidates():
@@ -92,9 +111,12 @@ def test_replace_sets_tokenizer_fields_and_revalidates():
         cfg.vocab_size = 5  # type: ignore[misc]
 
 
-def test_tiny_preset_is_the_default_config_plus_its_two_recipe_choices():
-    # rotary cross-attention and T5's tied-embedding geometry (see conf/model/tiny.yaml)
-    expected = dataclasses.replace(ModelConfig(), rotary_cross_attention=True, scale_logits=True)
+def test_tiny_preset_is_the_default_config_plus_its_three_recipe_choices():
+    # rotary cross-attention, T5's tied-embedding geometry and the init scale that goes with
+    # it (see conf/model/tiny.yaml)
+    expected = dataclasses.replace(
+        ModelConfig(), rotary_cross_attention=True, scale_logits=True, init_std=0.05
+    )
     assert load_preset("tiny") == expected
 
 

@@ -115,10 +115,7 @@ def batch_for(vocab: int, pad: int):
 )
 def test_from_hf_t5(version, untied_head, shape, backend):
     hf = make_t5(shape, version, untied_head)
-    model = from_hf(hf)
-    model = Seq2SeqTransformer(dataclasses.replace(model.config, attention_backend=backend))
-    model.load_state_dict(from_hf(hf).state_dict())
-    model.eval()
+    model = from_hf(hf).set_attention_backend(backend).eval()
     assert model.config.scale_logits == (version == "v1.0")
     assert model.config.gated_ffn == (version == "v1.1")
     assert model.config.tie_embeddings == (not untied_head)
@@ -131,10 +128,7 @@ def test_from_hf_t5(version, untied_head, shape, backend):
 @pytest.mark.parametrize("shape", sorted(BART_SHAPES))
 def test_from_hf_bart(shape, backend):
     hf = make_bart(shape)
-    model = from_hf(hf)
-    model = Seq2SeqTransformer(dataclasses.replace(model.config, attention_backend=backend))
-    model.load_state_dict(from_hf(hf).state_dict())
-    model.eval()
+    model = from_hf(hf).set_attention_backend(backend).eval()
     assert model.config.tie_embeddings == (shape == "A")
     batch = batch_for(hf.config.vocab_size, pad=hf.config.pad_token_id)
     label = f"from_hf BART shape {shape} {backend}"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from helpers.recording import read_records
 from helpers.train import REPO, compose_train, overrides_for, record, run_cli, run_ddp_records
 
@@ -302,3 +303,34 @@ def test_sigkill_loses_only_steps_since_the_last_checkpoint(tiny_data, tmp_path)
     )
     train(cfg)
     assert [r["step"] for r in read_records(resumed)] == [saved_step + 1, saved_step + 2]
+
+
+def test_label_smoothing_is_the_loss_setting(tokenizer):
+    """loss.label_smoothing smooths the training and validation cross-entropy exactly as
+    torch's does; values outside [0, 1) and non-numbers are refused by name."""
+    from helpers.generation import tiny_model
+
+    from s2s.lit_module import Seq2SeqLitModule
+    from s2s.optim import adamw
+    from s2s.settings import number
+
+    model = tiny_model(tokenizer.vocab_size)
+    batch = {
+        "input_ids": torch.tensor([[5, 6, 7, 1]]),
+        "attention_mask": torch.ones(1, 4, dtype=torch.long),
+        "labels": torch.tensor([[8, 9, 1, -100]]),
+    }
+    module = Seq2SeqLitModule(model, tokenizer, optimizer=adamw, label_smoothing=0.2)
+    loss, logits = module.loss(batch)
+    expected = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, label_smoothing=0.2
+    )
+    plain = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100
+    )
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, plain)  # the setting changes the loss
+    with pytest.raises(ValueError, match=r"loss\.label_smoothing=1\.0 must be in \[0, 1\)"):
+        Seq2SeqLitModule(model, tokenizer, optimizer=adamw, label_smoothing=1.0)
+    with pytest.raises(ValueError, match=r"loss\.label_smoothing='abc' must be a number"):
+        number("loss.label_smoothing", "abc")

@@ -20,11 +20,15 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from s2s.settings import check_types, from_mapping, require
+
 POSITIONS = ("learned", "sinusoidal", "t5_relative", "rotary", "none")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
-ATTENTION_BACKENDS = ("sdpa", "math")
+# Run-time choices that older checkpoints and bundles carry in their model config; they now
+# live in conf/train.yaml (`attention_backend`, `compile`) and are dropped when read.
+RUNTIME_KEYS = ("attention_backend", "compile")
 # Configs read from files (checkpoints, bundles) are checked against these before a model is
 # built: a hostile or damaged file must not make the loader allocate all memory or hang.
 # The limit is the smaller of MAX_PARAMETERS and what this machine's memory holds twice over in
@@ -77,11 +81,20 @@ class ModelConfig:
         final_logits_bias: a (V,) bias buffer added to the logits (BART).
     Special tokens
         pad_token_id, eos_token_id, decoder_start_token_id.
-    Training
+    Training (TRAINING_FIELDS: not the architecture; may differ between pre-training and
+    fine-tuning)
+        dropout, attention_dropout, activation_dropout (above).
         init_std: standard deviation of the normal initialisation (see transformer.py).
-        attention_backend: "sdpa" (torch fused kernel) or "math" (readable reference).
-        compile: wrap the model with torch.compile in the trainer.
+    How the model runs (the attention kernel, torch.compile) is not part of it: see
+    `Seq2SeqTransformer.set_attention_backend` and conf/train.yaml.
     """
+
+    TRAINING_FIELDS: typing.ClassVar[tuple[str, ...]] = (
+        "dropout",
+        "attention_dropout",
+        "activation_dropout",
+        "init_std",
+    )
 
     vocab_size: int = 8192
     d_model: int = 256
@@ -117,56 +130,53 @@ class ModelConfig:
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
     init_std: float = 0.02
-    attention_backend: str = "sdpa"
-    compile: bool = False
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self, "model")
         for name in ("vocab_size", "d_model", "d_ff", "n_heads", "max_positions"):
-            _require(getattr(self, name) > 0, f"model.{name}={getattr(self, name)} must be > 0")
+            require(getattr(self, name) > 0, f"model.{name}={getattr(self, name)} must be > 0")
         for name in ("n_encoder_layers", "n_decoder_layers"):
-            _require(getattr(self, name) >= 1, f"model.{name}={getattr(self, name)} must be >= 1")
+            require(getattr(self, name) >= 1, f"model.{name}={getattr(self, name)} must be >= 1")
         if self.d_head is None:
-            _require(
+            require(
                 self.d_model % self.n_heads == 0,
                 f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"
                 " (or set model.d_head explicitly)",
             )
         else:
-            _require(self.d_head > 0, f"model.d_head={self.d_head} must be > 0 (or null)")
+            require(self.d_head > 0, f"model.d_head={self.d_head} must be > 0 (or null)")
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             value = getattr(self, name)
-            _require(0.0 <= value < 1.0, f"model.{name}={value} must be in [0, 1)")
+            require(0.0 <= value < 1.0, f"model.{name}={value} must be in [0, 1)")
         for name, allowed in (
             ("positions", POSITIONS),
             ("norm", NORMS),
             ("norm_position", NORM_POSITIONS),
             ("activation", ACTIVATIONS),
-            ("attention_backend", ATTENTION_BACKENDS),
         ):
             value = getattr(self, name)
-            _require(value in allowed, f"model.{name}={value!r} must be one of {list(allowed)}")
+            require(value in allowed, f"model.{name}={value!r} must be one of {list(allowed)}")
         if self.positions == "t5_relative":
-            _require(
+            require(
                 self.relative_num_buckets >= 4,
                 f"model.relative_num_buckets={self.relative_num_buckets} must be >= 4",
             )
-            _require(
+            require(
                 self.relative_max_distance > self.relative_num_buckets // 2,
                 f"model.relative_max_distance={self.relative_max_distance} must exceed"
                 f" model.relative_num_buckets // 2 = {self.relative_num_buckets // 2}",
             )
         if self.positions == "rotary":
-            _require(
+            require(
                 self.head_dim % 2 == 0,
                 f"rotary positions need an even head width, got model.d_head={self.head_dim}",
             )
-            _require(self.rotary_base > 1.0, f"model.rotary_base={self.rotary_base} must be > 1")
-        _require(self.norm_eps > 0, f"model.norm_eps={self.norm_eps} must be > 0")
-        _require(self.init_std > 0, f"model.init_std={self.init_std} must be > 0")
+            require(self.rotary_base > 1.0, f"model.rotary_base={self.rotary_base} must be > 1")
+        require(self.norm_eps > 0, f"model.norm_eps={self.norm_eps} must be > 0")
+        require(self.init_std > 0, f"model.init_std={self.init_std} must be > 0")
         for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
             value = getattr(self, name)
-            _require(
+            require(
                 0 <= value < self.vocab_size,
                 f"model.{name}={value} must be in [0, model.vocab_size={self.vocab_size})",
             )
@@ -190,14 +200,17 @@ class ModelConfig:
         """A plain dict of every field (JSON- and YAML-serialisable)."""
         return dataclasses.asdict(self)
 
+    def architecture(self) -> dict[str, Any]:
+        """`to_dict` without the TRAINING_FIELDS: what two configs must share for weights of
+        one to load into the other."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.TRAINING_FIELDS}
+
     @classmethod
     def from_dict(cls, values: typing.Mapping[str, Any]) -> ModelConfig:
-        """Build from a mapping; unknown keys are an error, missing keys take defaults."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; valid keys are {sorted(known)}")
-        return cls(**dict(values))
+        """Build from a mapping; unknown keys are an error, missing keys take defaults, and
+        the RUNTIME_KEYS of older files are dropped."""
+        values = {k: v for k, v in values.items() if k not in RUNTIME_KEYS}
+        return from_mapping(cls, values, "model")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
@@ -230,10 +243,10 @@ def check_size(config: ModelConfig, source: str) -> None:
     variable S2S_MAX_PARAMETERS replaces that limit) or more than MAX_LAYERS layers a stack."""
     for name in ("n_encoder_layers", "n_decoder_layers"):
         value = getattr(config, name)
-        _require(value <= MAX_LAYERS, f"{source}: {name}={value} is over the limit {MAX_LAYERS}")
+        require(value <= MAX_LAYERS, f"{source}: {name}={value} is over the limit {MAX_LAYERS}")
     limit = parameter_limit()
     count = estimated_parameters(config)
-    _require(
+    require(
         count <= limit,
         f"{source}: the model config describes about {count:.3g} parameters, over the limit "
         f"of {limit:.3g} (set {MAX_PARAMETERS_ENV}=N to allow larger models)",
@@ -257,31 +270,3 @@ def physical_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not POSIX
         return MAX_PARAMETERS * BYTES_PER_PARAMETER
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
-
-
-def _check_types(config: ModelConfig) -> None:
-    """Reject values of the wrong type (e.g. a YAML string where a float belongs)."""
-    hints = typing.get_type_hints(type(config))
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        expected = hints[field.name]
-        optional = type(None) in typing.get_args(expected)
-        base = next((t for t in typing.get_args(expected) if t is not type(None)), expected)
-        if value is None and optional:
-            continue
-        if base is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif base is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, base)
-        if not ok:
-            raise TypeError(
-                f"model.{field.name}={value!r} has type {type(value).__name__},"
-                f" expected {getattr(base, '__name__', base)}"
-            )

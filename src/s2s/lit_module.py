@@ -6,7 +6,8 @@ model is injected; this module knows nothing of how it is built, and the model k
 the loop.
 
 Logged keys: train/loss, train/lr, train/tokens_per_sec, train/tflops, train/mfu (model FLOPs
-utilisation: `s2s.throughput`), train/padding_fraction, val/loss, val/ppl, val/token_acc, and
+utilisation: `s2s.throughput`), train/padding_fraction, train/copy_acc (during the copy
+warm-up: the share of its random tokens predicted right), val/loss, val/ppl, val/token_acc, and
 (pairs, as `eval.metrics` asks) val/bleu, val/chrf, val/rouge1, val/rouge2, val/rougeL,
 val/rougeLsum, or (Text data, given masked lines) val/copy_rate, val/fill_rate, val/chrf of the
 denoising probe (`s2s.evaluation`).
@@ -50,7 +51,6 @@ class EvalConfig:
     num_samples: int = 3  # TensorBoard text samples per validation
     generation_examples: int = 64  # validation examples decoded for BLEU / chrF (pairs only)
     max_new_tokens: int = 64
-    label_smoothing: float = 0.0
     denoise_lines: int = 64  # masked validation lines for val/copy_rate etc. (Text data only)
     attention_maps: int = 1  # validation samples drawn as cross-attention heat maps
     metrics: tuple[str, ...] = METRICS  # on pair data (s2s.metrics)
@@ -62,8 +62,6 @@ class EvalConfig:
                 raise ValueError(f"eval.{name}={getattr(self, name)} must be >= 0")
         if self.max_new_tokens < 1:
             raise ValueError(f"eval.max_new_tokens={self.max_new_tokens} must be >= 1")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"eval.label_smoothing={self.label_smoothing} must be in [0, 1)")
 
 
 class Seq2SeqLitModule(L.LightningModule):
@@ -81,8 +79,13 @@ class Seq2SeqLitModule(L.LightningModule):
         seed: int = 0,
         peak_tflops: float | None = None,
         framing: Framing | None = None,
+        compile: bool = False,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"loss.label_smoothing={label_smoothing} must be in [0, 1)")
+        self.label_smoothing = label_smoothing  # of the training and validation loss
         self.model = model
         self.tokenizer = tokenizer
         self.optimizer_factory = optimizer
@@ -98,7 +101,7 @@ class Seq2SeqLitModule(L.LightningModule):
         self._copy_scores: list[float] = []  # its token accuracy on the last warm-up batches
         self._warmup_reported = False
         self._forward = model
-        if model.config.compile:
+        if compile:  # `compile` in conf/train.yaml
             # Compiled separately so checkpoints keep plain `model.*` keys.
             object.__setattr__(self, "_forward", torch.compile(model))
         self.framing = framing  # how inputs are framed, stored in checkpoints for generate.py
@@ -123,7 +126,7 @@ class Seq2SeqLitModule(L.LightningModule):
             logits.flatten(0, 1).float(),
             labels.flatten(),
             ignore_index=IGNORE_INDEX,
-            label_smoothing=self.eval_config.label_smoothing,
+            label_smoothing=self.label_smoothing,
         )
         return loss, logits
 

@@ -29,7 +29,7 @@ from s2s import kernels
 from s2s.bundle import load_weights, read_pretrained
 from s2s.checkpoint import CheckpointError, Framing, LoadedCheckpoint, read_checkpoint
 from s2s.config import ModelConfig
-from s2s.data.config import DataConfig, build_dataclass
+from s2s.data.config import DataConfig
 from s2s.data.datamodule import S2SDataModule
 from s2s.data.objectives import build_objective
 from s2s.data.records import read_records
@@ -48,14 +48,13 @@ from s2s.report import (
     write_report,
 )
 from s2s.run_dir import check_run_dir, replace_earlier_run, resolve_ckpt_path
+from s2s.settings import from_mapping, number
 from s2s.tokenizer import Tokenizer
 from s2s.trainer import check_accelerator, make_trainer, peak_tflops
 
 log = logging.getLogger(__name__)
 
 # Fields that may differ between a pre-trained checkpoint and the fine-tuning config.
-NON_ARCHITECTURE = {"dropout", "attention_dropout", "activation_dropout", "compile"}
-NON_ARCHITECTURE |= {"attention_backend", "init_std"}
 # What Lightning needs from a checkpoint to resume (an s2s checkpoint written another way,
 # e.g. by a script, has weights but no training state)
 RESUME_KEYS = ("optimizer_states", "loops", "global_step")
@@ -87,10 +86,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     data_config = DataConfig.from_dict(_plain(cfg.data, "data"))
     eval_values = _plain(cfg.eval, "eval")
     metrics = eval_values.pop("metrics", METRICS)  # a list: checked by EvalConfig itself
-    eval_config = build_dataclass(EvalConfig, eval_values, "eval")
+    eval_config = from_mapping(EvalConfig, eval_values, "eval")
     eval_config = dataclasses.replace(eval_config, metrics=metrics)
     warmup_values = _plain(cfg.copy_warmup, "copy_warmup") if cfg.get("copy_warmup") else {}
-    copy_warmup = build_dataclass(CopyWarmup, warmup_values, "copy_warmup")
+    copy_warmup = from_mapping(CopyWarmup, warmup_values, "copy_warmup")
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     resumed = _read_resume_checkpoint(ckpt_path) if ckpt_path else None
@@ -104,6 +103,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if pretrained is not None:
         check_same_architecture(model_config, pretrained.config, f"init_from={cfg.init_from}")
     model = kernels.install(Seq2SeqTransformer(model_config))  # S2S_KERNELS=0: plain
+    model.set_attention_backend(str(cfg.get("attention_backend", "sdpa")))
     model.checkpoint_activations(bool(cfg.get("activation_checkpointing", False)))
     if pretrained is not None and resumed is None:  # a resume restores its own weights
         load_weights(model, pretrained.state_dict, pretrained.source)
@@ -130,6 +130,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         seed=int(cfg.seed),
         peak_tflops=peak_tflops(cfg.trainer),
         framing=Framing(max_source_length=data_config.max_source_length, add_bos=False),
+        compile=bool(cfg.get("compile", False)),
+        label_smoothing=number(
+            "loss.label_smoothing", cfg.get("loss", {}).get("label_smoothing", 0.0)
+        ),
     )
     trainer = make_trainer(cfg, datamodule)
     _save_run_files(output_dir, cfg, model_config, tokenizer, trainer)
@@ -171,10 +175,7 @@ def model_config_for(cfg: DictConfig, tokenizer: Tokenizer) -> ModelConfig:
         eos_token_id=tokenizer.eos_id,
         decoder_start_token_id=tokenizer.pad_id,  # T5's convention: decoding starts at <pad>
     )
-    try:
-        return ModelConfig.from_dict(values)
-    except TypeError as err:  # a wrong value type (e.g. model.d_model=abc): a user error
-        raise ValueError(str(err)) from None
+    return ModelConfig.from_dict(values)
 
 
 def check_same_architecture(config: ModelConfig, pretrained: ModelConfig, source: str) -> None:
@@ -182,11 +183,11 @@ def check_same_architecture(config: ModelConfig, pretrained: ModelConfig, source
 
     `source` names the setting and file, e.g. `init_from=PATH` or `ckpt_path=PATH`.
     """
-    ours, theirs = config.to_dict(), pretrained.to_dict()
+    ours, theirs = config.architecture(), pretrained.architecture()
     diffs = [
         f"model.{key}={ours[key]!r} but the checkpoint has {theirs[key]!r}"
         for key in ours
-        if key not in NON_ARCHITECTURE and ours[key] != theirs[key]
+        if ours[key] != theirs[key]
     ]
     if diffs:
         raise ValueError(

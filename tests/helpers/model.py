@@ -37,9 +37,10 @@ def tiny_config(**overrides) -> ModelConfig:
     return dataclasses.replace(base, **overrides)
 
 
-def tiny_model(seed: int = 0, **overrides) -> Seq2SeqTransformer:
+def tiny_model(seed: int = 0, attention_backend: str = "sdpa", **overrides) -> Seq2SeqTransformer:
     torch.manual_seed(seed)  # the trainer seeds init the same way
-    return Seq2SeqTransformer(tiny_config(**overrides)).eval()
+    model = Seq2SeqTransformer(tiny_config(**overrides))
+    return model.set_attention_backend(attention_backend).eval()
 
 
 def with_kernels(model: Seq2SeqTransformer) -> Seq2SeqTransformer:
@@ -59,6 +60,9 @@ class Batch:
     attention_mask: Tensor  # (B, S), 1 = real token, right padding
     decoder_input_ids: Tensor  # (B, T)
     decoder_attention_mask: Tensor  # (B, T)
+
+    def to(self, device: str | torch.device) -> Batch:
+        return Batch(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
 
 def padded_batch(

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import UnionType
 from typing import Any, Literal
 
 from s2s.data.mixture import DenoiserConfig, default_mixture
 from s2s.data.noising import BartNoiseConfig, T5NoiseConfig, compute_input_and_target_lengths
+from s2s.settings import from_mapping
 from s2s.tokenizer import TokenizerConfig
 
 Objective = Literal["bart", "t5", "none", "mixture"]
@@ -115,67 +114,4 @@ class DataConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DataConfig:
         """Build from a (YAML) mapping; unknown or missing keys name the `data.*` key."""
-        return build_dataclass(cls, values, "data")
-
-
-_KEY_PREFIXED = (BartNoiseConfig, T5NoiseConfig, DenoiserConfig)  # errors name their key
-
-
-def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    """Instantiate a (nested) frozen dataclass from a mapping, with errors that name the key."""
-    if not isinstance(values, Mapping):
-        raise ValueError(f"{prefix} must be a mapping of keys, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "key_prefix"}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(
-            f"unknown key {prefix}.{unknown[0]}; valid keys of {prefix}: {sorted(fields)}"
-        )
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            value = build_dataclass(hint, value, f"{prefix}.{name}")
-        elif typing.get_origin(hint) is dict:  # a mapping of names to dataclasses
-            item = typing.get_args(hint)[1]
-            if not isinstance(value, Mapping):
-                raise ValueError(f"{prefix}.{name} must be a mapping of names to settings")
-            value = {k: build_dataclass(item, v, f"{prefix}.{name}.{k}") for k, v in value.items()}
-        else:
-            _check_type(f"{prefix}.{name}", value, hint)
-        kwargs[name] = value
-    missing = [
-        n
-        for n, f in fields.items()
-        if n not in kwargs
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ValueError(f"missing key {prefix}.{missing[0]}")
-    if cls in _KEY_PREFIXED:
-        kwargs["key_prefix"] = prefix
-    return cls(**kwargs)
-
-
-def _check_type(key: str, value: Any, hint: Any) -> None:
-    """Reject e.g. a string where an int belongs (bool is not accepted as a number)."""
-    allowed = (
-        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, UnionType) else (hint,)
-    )
-    for option in allowed:
-        if option is type(None) and value is None:
-            return
-        if typing.get_origin(option) is Literal:
-            return  # the dataclass checks the value itself, with a better message
-        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return
-        if option in (int, str) and isinstance(value, option) and not isinstance(value, bool):
-            return
-        if option is bool and isinstance(value, bool):
-            return
-    names = " or ".join(
-        "null" if o is type(None) else getattr(o, "__name__", str(o)) for o in allowed
-    )
-    raise ValueError(f"{key}={value!r} must be {names}")
+        return from_mapping(cls, values, "data")

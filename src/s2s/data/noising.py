@@ -18,6 +18,8 @@ from itertools import pairwise
 
 import numpy as np
 
+from s2s.settings import number
+
 
 @dataclass(frozen=True, eq=False)
 class NoisedExample:
@@ -44,14 +46,8 @@ def noise_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_number(prefix: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{prefix}.{name}={value!r} must be a number")
-    return float(value)
-
-
 def _check_open_unit(prefix: str, name: str, value: object, *, closed_low: bool) -> None:
-    v = _check_number(prefix, name, value)
+    v = number(f"{prefix}.{name}", value)
     low_ok = v >= 0 if closed_low else v > 0
     if not (low_ok and v < 1):  # also rejects NaN
         interval = "[0, 1)" if closed_low else "(0, 1)"
@@ -59,7 +55,7 @@ def _check_open_unit(prefix: str, name: str, value: object, *, closed_low: bool)
 
 
 def _check_positive(prefix: str, name: str, value: object) -> None:
-    v = _check_number(prefix, name, value)
+    v = number(f"{prefix}.{name}", value)
     if not (v > 0 and math.isfinite(v)):
         raise ValueError(f"{prefix}.{name}={value!r} must be > 0")
 
@@ -92,7 +88,7 @@ class BartNoiseConfig:
         p = self.key_prefix
         _check_open_unit(p, "mask_ratio", self.mask_ratio, closed_low=True)
         _check_positive(p, "poisson_lambda", self.poisson_lambda)
-        v = _check_number(p, "random_ratio", self.random_ratio)
+        v = number(f"{p}.random_ratio", self.random_ratio)
         if not 0 <= v <= 1:
             raise ValueError(f"{p}.random_ratio={self.random_ratio!r} must be in [0, 1]")
         for name in ("permute_sentences", "whole_word"):

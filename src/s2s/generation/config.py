@@ -22,6 +22,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from s2s.settings import check_types, from_mapping, require
+
 STRATEGIES = ("greedy", "beam", "sample")
 
 
@@ -58,34 +60,34 @@ class GenerationConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _require(
+        check_types(self, "generate")
+        require(
             self.strategy in STRATEGIES,
             f"generate.strategy={self.strategy!r} must be one of {', '.join(STRATEGIES)}",
         )
-        _require(
+        require(
             self.max_new_tokens >= 1, f"generate.max_new_tokens={self.max_new_tokens} must be >= 1"
         )
-        _require(
+        require(
             0 <= self.min_new_tokens <= self.max_new_tokens,
             f"generate.min_new_tokens={self.min_new_tokens} must be in "
             f"[0, generate.max_new_tokens={self.max_new_tokens}]",
         )
-        _require(self.num_beams >= 1, f"generate.num_beams={self.num_beams} must be >= 1")
-        _require(self.temperature > 0, f"generate.temperature={self.temperature} must be > 0")
-        _require(self.top_k >= 0, f"generate.top_k={self.top_k} must be >= 0 (0 = off)")
-        _require(0 < self.top_p <= 1, f"generate.top_p={self.top_p} must be in (0, 1]")
-        _require(
+        require(self.num_beams >= 1, f"generate.num_beams={self.num_beams} must be >= 1")
+        require(self.temperature > 0, f"generate.temperature={self.temperature} must be > 0")
+        require(self.top_k >= 0, f"generate.top_k={self.top_k} must be >= 0 (0 = off)")
+        require(0 < self.top_p <= 1, f"generate.top_p={self.top_p} must be in (0, 1]")
+        require(
             self.repetition_penalty > 0,
             f"generate.repetition_penalty={self.repetition_penalty} must be > 0 (1.0 = off)",
         )
-        _require(
+        require(
             self.no_repeat_ngram_size >= 0,
             f"generate.no_repeat_ngram_size={self.no_repeat_ngram_size} must be >= 0 (0 = off)",
         )
         # Knobs that only one strategy reads: setting them elsewhere is a mistake, not a no-op.
         if self.strategy != "beam":
-            _require(
+            require(
                 self.num_beams == 1,
                 f"generate.num_beams={self.num_beams} needs generate.strategy=beam "
                 f"(got {self.strategy!r})",
@@ -93,7 +95,7 @@ class GenerationConfig:
         if self.strategy != "sample":
             for name, off in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0)):
                 value = getattr(self, name)
-                _require(
+                require(
                     value == off,
                     f"generate.{name}={value} needs generate.strategy=sample "
                     f"(got {self.strategy!r})",
@@ -105,32 +107,4 @@ class GenerationConfig:
     @classmethod
     def from_dict(cls, values: typing.Mapping[str, Any]) -> GenerationConfig:
         """Build from a mapping (e.g. the `generate` node of a Hydra config); unknown keys raise."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown generate keys {unknown}; valid keys are {sorted(known)}")
-        return cls(**dict(values))
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
-
-
-def _check_types(config: GenerationConfig) -> None:
-    """Reject values of the wrong type (e.g. a string where a number belongs)."""
-    hints = typing.get_type_hints(type(config))
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        expected = hints[field.name]
-        if expected is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif expected is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, expected)
-        if not ok:
-            raise ValueError(
-                f"generate.{field.name}={value!r} has type {type(value).__name__},"
-                f" expected {expected.__name__}"
-            )
+        return from_mapping(cls, values, "generate")

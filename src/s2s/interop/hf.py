@@ -46,6 +46,38 @@ _ACTIVATIONS = {
 }
 
 
+# The one T5 <-> ModelConfig table, read both ways (`_t5_config` in, `config_to_t5` out):
+# ModelConfig fields that are T5Config attributes of another name ...
+T5_FIELDS = {
+    "vocab_size": "vocab_size",
+    "d_model": "d_model",
+    "d_ff": "d_ff",
+    "n_heads": "num_heads",
+    "d_head": "d_kv",
+    "n_encoder_layers": "num_layers",
+    "n_decoder_layers": "num_decoder_layers",
+    "dropout": "dropout_rate",
+    "relative_num_buckets": "relative_attention_num_buckets",
+    "relative_max_distance": "relative_attention_max_distance",
+    "norm_eps": "layer_norm_epsilon",
+}
+# ... and the fields T5 fixes: set so on import, required so on export. The rest (activation
+# and gating, tied head and logit scaling, the dropouts T5 does not separate, special ids)
+# is derived in the two functions.
+T5_FIXED = {
+    "positions": "t5_relative",
+    "norm": "rmsnorm",
+    "norm_position": "pre",
+    "scale_attention": False,
+    "attention_bias": False,
+    "ffn_bias": False,
+    "scale_embeddings": False,
+    "embedding_norm": False,
+    "final_norm": True,
+    "final_logits_bias": False,
+}
+
+
 def config_from_hf(hf_config: PretrainedConfig) -> ModelConfig:
     """The ModelConfig equal to a `T5Config` or `BartConfig`; unsupported settings raise."""
     if isinstance(hf_config, T5Config):
@@ -87,22 +119,10 @@ def from_hf(source: PreTrainedModel | str | os.PathLike) -> Seq2SeqTransformer:
 
 def config_to_t5(config: ModelConfig) -> T5Config:
     """The T5Config expressing `config`; raises listing every setting T5 cannot express."""
+    needs = {**T5_FIXED, "attention_dropout": config.dropout, "activation_dropout": config.dropout}
     problems = [
         f"model.{name}={getattr(config, name)!r} (T5 needs {want!r})"
-        for name, want in (
-            ("positions", "t5_relative"),
-            ("norm", "rmsnorm"),
-            ("norm_position", "pre"),
-            ("scale_attention", False),
-            ("attention_bias", False),
-            ("ffn_bias", False),
-            ("scale_embeddings", False),
-            ("embedding_norm", False),
-            ("final_norm", True),
-            ("final_logits_bias", False),
-            ("attention_dropout", config.dropout),
-            ("activation_dropout", config.dropout),
-        )
+        for name, want in needs.items()
         if getattr(config, name) != want
     ]
     if config.gated_ffn and config.activation == "gelu":
@@ -115,18 +135,9 @@ def config_to_t5(config: ModelConfig) -> T5Config:
     act = act[config.activation]
     if config.gated_ffn:
         act = "gelu" if act == "gelu_new" else act  # "gated-gelu" means tanh GELU
+    fields = {theirs: getattr(config, ours) for ours, theirs in T5_FIELDS.items()}
     return T5Config(
-        vocab_size=config.vocab_size,
-        d_model=config.d_model,
-        d_kv=config.head_dim,
-        d_ff=config.d_ff,
-        num_layers=config.n_encoder_layers,
-        num_decoder_layers=config.n_decoder_layers,
-        num_heads=config.n_heads,
-        relative_attention_num_buckets=config.relative_num_buckets,
-        relative_attention_max_distance=config.relative_max_distance,
-        dropout_rate=config.dropout,
-        layer_norm_epsilon=config.norm_eps,
+        **{**fields, "d_kv": config.head_dim},  # d_head may be null: the resolved width
         feed_forward_proj=("gated-" if config.gated_ffn else "") + act,
         pad_token_id=config.pad_token_id,
         eos_token_id=config.eos_token_id,
@@ -189,33 +200,14 @@ def _t5_config(c: T5Config, tied: bool | None = None) -> ModelConfig:
     scale = c.tie_word_embeddings if scale is None else scale  # transformers < 5
     tied = c.tie_word_embeddings if tied is None else tied
     return ModelConfig(
-        vocab_size=c.vocab_size,
-        d_model=c.d_model,
-        d_ff=c.d_ff,
-        n_heads=c.num_heads,
-        d_head=c.d_kv,
-        n_encoder_layers=c.num_layers,
-        n_decoder_layers=c.num_decoder_layers,
-        dropout=c.dropout_rate,
+        **{ours: getattr(c, theirs) for ours, theirs in T5_FIELDS.items()},
+        **T5_FIXED,
         attention_dropout=c.dropout_rate,
         activation_dropout=c.dropout_rate,
-        positions="t5_relative",
-        relative_num_buckets=c.relative_attention_num_buckets,
-        relative_max_distance=c.relative_attention_max_distance,
-        norm="rmsnorm",
-        norm_eps=c.layer_norm_epsilon,
-        norm_position="pre",
         activation=_activation(c.dense_act_fn, "T5 feed_forward_proj activation"),
         gated_ffn=c.is_gated_act,
-        attention_bias=False,
-        ffn_bias=False,
-        scale_attention=False,
-        scale_embeddings=False,
-        embedding_norm=False,
-        final_norm=True,
         tie_embeddings=tied,
         scale_logits=bool(scale),
-        final_logits_bias=False,
         **_token_ids(c, default_start=c.pad_token_id),  # T5 starts decoding from pad
     )
 

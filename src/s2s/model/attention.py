@@ -21,6 +21,15 @@ from torch import Tensor, nn
 from s2s.model.cache import LayerCache
 from s2s.model.positions import RotaryAngles
 
+ATTENTION_BACKENDS = ("sdpa", "math")
+
+
+def check_backend(backend: str) -> str:
+    """`backend` if it is one of ATTENTION_BACKENDS, else a ValueError naming the setting."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention_backend={backend!r} must be one of {list(ATTENTION_BACKENDS)}")
+    return backend
+
 
 @dataclass(frozen=True)
 class AttentionMask:
@@ -148,13 +157,13 @@ class _Attention(nn.Module):
         bias: bool,
         scale: bool,
         dropout: float,
-        backend: str,
+        backend: str = "sdpa",
     ) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.scale = d_head**-0.5 if scale else 1.0
         self.dropout = dropout
-        self.backend = backend
+        self.backend = check_backend(backend)  # Seq2SeqTransformer.set_attention_backend
         # a list to append each call's attention weights (B, H, T, S) to, or None (the usual):
         # set by s2s.evaluation.attention_maps.recording
         self.record: list[Tensor] | None = None

@@ -29,7 +29,6 @@ def _attention_kwargs(config: ModelConfig) -> dict:
         "bias": config.attention_bias,
         "scale": config.scale_attention,
         "dropout": config.attention_dropout,
-        "backend": config.attention_backend,
     }
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from s2s.config import ModelConfig
-from s2s.model.attention import CrossAttention, SelfAttention
+from s2s.model.attention import CrossAttention, SelfAttention, check_backend
 from s2s.model.cache import DecoderCache
 from s2s.model.feedforward import FeedForward
 from s2s.model.norms import LayerNorm, RMSNorm
@@ -127,6 +127,16 @@ class Seq2SeqTransformer(nn.Module):
         """Recompute each layer's activations in backward instead of storing them (training
         memory for compute; see _Stack.checkpoint_layers). Returns the model."""
         self.encoder.checkpoint_layers = self.decoder.checkpoint_layers = enabled
+        return self
+
+    def set_attention_backend(self, backend: str) -> Seq2SeqTransformer:
+        """Compute every attention with `backend`: "sdpa" (torch's fused kernel, the default)
+        or "math" (the explicit softmax(QK^T)V reference; same numbers). A run-time choice,
+        not architecture (`attention_backend` in conf/train.yaml). Returns the model."""
+        check_backend(backend)
+        for module in self.modules():
+            if isinstance(module, (SelfAttention, CrossAttention)):
+                module.backend = backend
         return self
 
     def new_cache(self, capacity: int = 0) -> DecoderCache:
