@@ -3,6 +3,7 @@
     python benchmarks/denoise_recipe.py                          # the default recipe
     python benchmarks/denoise_recipe.py --name lr3e-3 -- optimizer.lr=3e-3
     python benchmarks/denoise_recipe.py --finetune               # + bible_modern fine-tuning
+    python benchmarks/denoise_recipe.py --from-ckpt PRE.ckpt     # only fine-tune PRE.ckpt
 
 Runs `python train.py [OVERRIDES]` as a user would (wall time includes setup), then
 `python -m s2s.evaluate` on the masked-line probe of two held-out texts: the validation plays
@@ -66,25 +67,30 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/s2s-recipes"))
     parser.add_argument("--lines", type=int, default=200, help="masked lines per probe file")
     parser.add_argument("--finetune", action="store_true")
+    parser.add_argument("--from-ckpt", type=Path, help="skip pre-training: fine-tune this")
     parser.add_argument("overrides", nargs="*", help="train.py overrides (after --)")
     args = parser.parse_args()
     out = args.out / args.name
     out.mkdir(parents=True, exist_ok=True)
     common = ["callbacks.progress_bar=null", "overwrite=true"]  # this script owns --out/NAME
 
-    pretrain = out / "pretrain"
-    wall = run(
-        [sys.executable, "train.py", f"hydra.run.dir={pretrain}", *common, *args.overrides],
-        out / "pretrain.log",
-    )
-    ckpt = pretrain / "checkpoints" / "last.ckpt"
-    scores = probe(ckpt, args.lines, out / "probe.log")
-    print("| recipe | wall | plays copy / fill / chrF | prose copy / fill / chrF |")
-    print("|---|---|---|---|")
-    cells = [" / ".join(f"{v:.1f}" for v in scores.get(k, ())) for k in PROBE_FILES]
-    print(f"| {args.name} {' '.join(args.overrides)} | {wall / 60:.1f} min | {' | '.join(cells)} |")
+    if args.from_ckpt is None:
+        pretrain = out / "pretrain"
+        wall = run(
+            [sys.executable, "train.py", f"hydra.run.dir={pretrain}", *common, *args.overrides],
+            out / "pretrain.log",
+        )
+        ckpt = pretrain / "checkpoints" / "last.ckpt"
+        scores = probe(ckpt, args.lines, out / "probe.log")
+        print("| recipe | wall | plays copy / fill / chrF | prose copy / fill / chrF |")
+        print("|---|---|---|---|")
+        cells = [" / ".join(f"{v:.1f}" for v in scores.get(k, ())) for k in PROBE_FILES]
+        overrides = " ".join(args.overrides)
+        print(f"| {args.name} {overrides} | {wall / 60:.1f} min | {' | '.join(cells)} |")
+    else:
+        ckpt = args.from_ckpt.resolve()
 
-    if args.finetune:
+    if args.finetune or args.from_ckpt is not None:
         tuned = out / "finetune"
         wall = run(
             [
