@@ -5,6 +5,7 @@ kernel twins; the figure's axes are the tokens; validation writes them to Tensor
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,7 @@ def test_bad_attention_plot_settings_are_refused(ckpt, tmp_path, overrides, mess
 
 
 def test_missing_matplotlib_is_a_clear_error(ckpt, tmp_path, monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import fails
+    for name in ("matplotlib", "matplotlib.figure"):  # their import fails
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ValueError, match=r'pip install -e "\.\[plots\]"'):
         run(config(f"ckpt={ckpt}", "prompt=hi", f"attention_plot={tmp_path / 'a.png'}"))

@@ -184,10 +184,30 @@ def test_a_warmup_that_never_copies_says_so(tiny_data, tmp_path, monkeypatch, ca
     ]
     with caplog.at_level("INFO", logger="s2s.lit_module"):
         train(compose_train(run))
-    assert "2 steps (copy_warmup.steps) and the model copies only 10%" in caplog.text
+    wanted = "2 steps (copy_warmup.steps) and the model copies only 10% of its tokens (wanted: 90%)"
+    assert wanted in caplog.text
 
 
 @pytest.mark.parametrize("values", [{"until": 0.0}, {"until": 1.5}, {"window": 0}])
 def test_bad_until_or_window_is_refused(values):
     with pytest.raises(ValueError, match="copy_warmup"):
         CopyWarmup(**values)
+
+
+def test_a_fixed_warmup_says_how_much_it_copies(tiny_data, tmp_path, monkeypatch, caplog):
+    """Without copy_warmup.until the warm-up runs its steps, then reports its copying, with a
+    warning below half (the usual sign of a plateau that never ended)."""
+    shares = {"good": 0.8, "bad": 0.3}
+    for name, share in shares.items():
+        monkeypatch.setattr("s2s.lit_module.copy_accuracy", lambda *_, s=share: torch.tensor(s))
+        run = [*overrides_for(tiny_data, tmp_path / name), "copy_warmup.steps=2",
+               "copy_warmup.window=1", "trainer.max_steps=3"]  # fmt: skip
+        caplog.clear()
+        with caplog.at_level("INFO", logger="s2s.lit_module"):
+            train(compose_train(run))
+        warned = [r for r in caplog.records if r.levelname == "WARNING"]
+        if name == "good":
+            assert "copy warm-up done after 2 steps: copies 80% of its tokens" in caplog.text
+            assert not warned
+        else:
+            assert len(warned) == 1 and "copies only 30% of its tokens (wanted: 50%)" in caplog.text

@@ -40,6 +40,7 @@ from s2s.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 TOKENS_KEY = "s2s_tokens_seen"  # checkpoint entry: training tokens so far (all devices)
 WARMUP_KEY = "s2s_copy_warmup"  # checkpoint entry: where the copy warm-up ended, recent scores
+COPYING = 0.5  # without copy_warmup.until: a warm-up that copies less than this gets a warning
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -180,7 +181,8 @@ class Seq2SeqLitModule(L.LightningModule):
         end = self.copy_warmup.steps if self._warmup_end is None else self._warmup_end
         recent = sum(self._copy_scores) / max(len(self._copy_scores), 1)
         until = self.copy_warmup.until
-        if until is None or recent >= until:
+        enough = COPYING if until is None else until
+        if recent >= enough:
             log.info(
                 "copy warm-up done after %d steps: copies %.0f%% of its tokens; "
                 "training on the data from now on",
@@ -190,11 +192,11 @@ class Seq2SeqLitModule(L.LightningModule):
         elif self._copy_scores:  # a resume after the warm-up has no scores to judge by
             log.warning(
                 "copy warm-up: %d steps (copy_warmup.steps) and the model copies only %.0f%% "
-                "of its tokens (copy_warmup.until=%g): it may not learn to copy its input; "
-                "more copy_warmup.steps or another seed may",
+                "of its tokens (wanted: %.0f%%): it may not learn to copy its input; "
+                "more copy_warmup.steps, another seed or a larger model.init_std may",
                 end,
                 100 * recent,
-                until,
+                100 * enough,
             )
 
     def _warmup_batch(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
@@ -375,7 +377,8 @@ class Seq2SeqLitModule(L.LightningModule):
                 log.info("no cross-attention pictures in TensorBoard: %s", err)
                 self.eval_config = dataclasses.replace(self.eval_config, attention_maps=0)
                 return
-            experiment.add_figure(f"val/cross_attention/{i}", figure, self.global_step, close=True)
+            # a pyplot-free Figure: nothing to close (s2s.evaluation.attention_maps)
+            experiment.add_figure(f"val/cross_attention/{i}", figure, self.global_step, close=False)
 
     # -- optimisation and checkpoints -------------------------------------------------------
 

@@ -38,16 +38,15 @@ class MissingMatplotlib(ValueError):
     reported like a bad value (one `error:` line from the command-line tools)."""
 
 
-def require_matplotlib() -> Any:
-    """matplotlib.pyplot on a file-only backend, or MissingMatplotlib saying how to get it."""
+def require_matplotlib() -> type:
+    """matplotlib's Figure class, or MissingMatplotlib saying how to get it. Figures are made
+    without pyplot: no display, no global backend switch in the user's session, nothing to
+    close."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files and TensorBoard only: no display needed
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         raise MissingMatplotlib(PLOTS_HINT) from None
-    return plt
+    return Figure
 
 
 @contextmanager
@@ -99,7 +98,7 @@ def plot_attention(
 ) -> Any:
     """A matplotlib Figure of one map `weights` (T, S): target tokens label the rows, source
     tokens the columns. Raises MissingMatplotlib without the `plots` extra."""
-    plt = require_matplotlib()
+    figure_class = require_matplotlib()
     t, s = weights.shape
     if (t, s) != (len(target_tokens), len(source_tokens)):
         raise ValueError(
@@ -109,7 +108,8 @@ def plot_attention(
     # about 0.28 inch a token, so labels stay readable; bounded for long inputs
     width = min(max(3.0, 0.28 * s + 1.5), 24.0)
     height = min(max(2.5, 0.28 * t + 1.0), 24.0)
-    figure, axes = plt.subplots(figsize=(width, height), dpi=100)
+    figure = figure_class(figsize=(width, height), dpi=100)
+    axes = figure.add_subplot()
     axes.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     axes.set_xticks(range(s), list(source_tokens), rotation=90, fontsize=8)
     axes.set_yticks(range(t), list(target_tokens), fontsize=8)
@@ -149,14 +149,11 @@ def attention_figure(
 
 
 def save_plot(figure: Any, path: str | Path) -> Path:
-    """Write `figure` as an image (the format from the suffix, e.g. .png), atomically, and
-    close it."""
+    """Write `figure` as an image (the format from the suffix, e.g. .png), atomically."""
     from s2s.files import atomic_write
 
-    plt = require_matplotlib()
     path = Path(path)
     suffix = path.suffix.lstrip(".") or "png"
     with atomic_write(path) as tmp:
         figure.savefig(tmp, format=suffix)
-    plt.close(figure)
     return path
