@@ -69,8 +69,9 @@ def test_bad_warmup_settings_are_refused(values):
         CopyWarmup(**values)
 
 
-def test_warmup_steps_train_on_random_rows_then_on_the_data(tiny_data, tmp_path, monkeypatch):
-    """Steps before copy_warmup.steps see random copy rows; later steps see the data's rows."""
+def spy_training_rows(monkeypatch) -> list[tuple[int, list[int], list[int]]]:
+    """A list that fills, as training runs, with (step, input ids, real label ids) of the first
+    row of every training batch the loss sees (after any warm-up replacement)."""
     seen = []
     original = Seq2SeqLitModule.loss
 
@@ -81,6 +82,17 @@ def test_warmup_steps_train_on_random_rows_then_on_the_data(tiny_data, tmp_path,
         return original(self, batch)
 
     monkeypatch.setattr(Seq2SeqLitModule, "loss", spy)
+    return seen
+
+
+def copy_rows(seen) -> list[bool]:
+    """Which of the spied rows are plain copies (input == target)."""
+    return [inputs == labels for _, inputs, labels in seen]
+
+
+def test_warmup_steps_train_on_random_rows_then_on_the_data(tiny_data, tmp_path, monkeypatch):
+    """Steps before copy_warmup.steps see random copy rows; later steps see the data's rows."""
+    seen = spy_training_rows(monkeypatch)
     overrides = [
         *overrides_for(tiny_data, tmp_path),
         "copy_warmup.steps=3",
@@ -102,15 +114,7 @@ def test_warmup_steps_train_on_random_rows_then_on_the_data(tiny_data, tmp_path,
 def test_init_from_skips_the_warmup(tiny_data, tmp_path, monkeypatch):
     pretrain = tmp_path / "pretrain"
     first = train(compose_train([*overrides_for(tiny_data, pretrain), "trainer.max_steps=2"]))
-    seen = []
-    original = Seq2SeqLitModule.loss
-
-    def spy(self, batch):
-        if self.training:
-            seen.append((batch["input_ids"][0].tolist(), batch["labels"][0].tolist()))
-        return original(self, batch)
-
-    monkeypatch.setattr(Seq2SeqLitModule, "loss", spy)
+    seen = spy_training_rows(monkeypatch)
     tuned = [
         *overrides_for(tiny_data, tmp_path / "tuned"),
         f"init_from={first['last_checkpoint']}",
@@ -119,7 +123,7 @@ def test_init_from_skips_the_warmup(tiny_data, tmp_path, monkeypatch):
         "trainer.max_steps=2",
     ]
     train(compose_train(tuned))
-    assert len(seen) == 2 and all(inputs != labels for inputs, labels in seen)  # data rows
+    assert copy_rows(seen) == [False, False]  # data rows
 
 
 def test_vocab_limits_warmup_rows_to_the_first_copyable_ids(tokenizer):
@@ -143,16 +147,7 @@ def test_warmup_ends_once_the_model_copies_and_a_resume_keeps_that_end(
     average at least `until`; the step it ended at travels in the checkpoint."""
     scores = iter([0.2, 0.9, 0.95, 0.99])  # what the model "copies" on warm-up steps 0, 1, ...
     monkeypatch.setattr("s2s.lit_module.copy_accuracy", lambda *_: torch.tensor(next(scores)))
-    seen = []
-    original = Seq2SeqLitModule.loss
-
-    def spy(self, batch):
-        if self.training:
-            labels = [t for t in batch["labels"][0].tolist() if t != IGNORE_INDEX]
-            seen.append(batch["input_ids"][0].tolist() == labels)  # a copy row?
-        return original(self, batch)
-
-    monkeypatch.setattr(Seq2SeqLitModule, "loss", spy)
+    seen = spy_training_rows(monkeypatch)
     run = [
         *overrides_for(tiny_data, tmp_path),
         "copy_warmup.steps=10",
@@ -163,14 +158,14 @@ def test_warmup_ends_once_the_model_copies_and_a_resume_keeps_that_end(
     with caplog.at_level("INFO", logger="s2s.lit_module"):
         first = train(compose_train([*run, "trainer.max_steps=4"]))
     # mean(0.2, 0.9) < 0.9; mean(0.9, 0.95) >= 0.9 after step 2: data from step 3 on
-    assert seen == [True, True, True, False]
+    assert copy_rows(seen) == [True, True, True, False]
     assert "copy warm-up done after 3 steps: copies 92% of its tokens" in caplog.text
     state = torch.load(first["last_checkpoint"], weights_only=False)["s2s_copy_warmup"]
     assert state["end"] == 3 and state["scores"] == pytest.approx([0.9, 0.95])
 
     seen.clear()  # resumed past the end: data rows only, although 4 < copy_warmup.steps
     train(compose_train([*run, "trainer.max_steps=6", f"ckpt_path={first['last_checkpoint']}"]))
-    assert seen == [False, False]
+    assert copy_rows(seen) == [False, False]
 
 
 def test_a_warmup_that_never_copies_says_so(tiny_data, tmp_path, monkeypatch, caplog):

@@ -108,7 +108,7 @@ def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = No
         if cfg.prompt is not None and plot is not None:
             source, output = generator.token_ids(str(cfg.prompt))
             print(tokenizer.decode(output), file=stdout)
-            draw_attention(model, tokenizer, source, output, Path(plot), stdout)
+            draw_attention(model, tokenizer, source, output, Path(plot))
         elif cfg.prompt is not None:
             print(generator([str(cfg.prompt)])[0], file=stdout)
         elif prompts is not None:
@@ -144,7 +144,7 @@ def check_attention_plot(path: Path, cfg: DictConfig) -> None:
     require_matplotlib()
 
 
-def draw_attention(model, tokenizer, source, output, path: Path, stdout: TextIO) -> None:
+def draw_attention(model, tokenizer, source, output, path: Path) -> None:
     """The last decoder layer's cross-attention (mean of heads) while it wrote `output`."""
     from s2s.evaluation.attention_maps import attention_figure, save_plot
 
