@@ -318,6 +318,61 @@ def test_whole_word_masking_never_splits_a_word():
         assert (per_word == 1).sum() == round(0.3 * (word[-1] + 1))
 
 
+def test_within_lines_no_span_touches_a_line_break():
+    rng = np.random.default_rng(8)
+    masked = total = 0
+    for _ in range(500):
+        n = int(rng.integers(1, 200))
+        ids = rng.permutation(np.arange(10, 4000))[:n]
+        breaks = rng.random(n) < 0.15  # lines of ~6 tokens, runs of breaks included
+        word_starts = rng.random(n) < 0.5 if rng.random() < 0.5 else None
+        ex = bart_text_infilling(
+            ids, mask_id=MASK, eos_id=EOS, rng=rng, line_breaks=breaks, word_starts=word_starts
+        )
+        gone = _masked_tokens(ids, ex)
+        assert not (gone & breaks).any()  # a break is never masked
+        # Every line keeps its order and position between breaks: input = lines joined by the
+        # same breaks, each line noised alone (a mask never stands in for a break).
+        noised = ex.input_ids[:-1]
+        assert np.array_equal(noised[np.isin(noised, ids[breaks])], ids[breaks])
+        edges = np.flatnonzero(np.diff(np.concatenate([[1], breaks, [1]]).astype(np.int8)))
+        for begin, end in zip(edges[::2], edges[1::2], strict=True):
+            if word_starts is None:  # each line has its own budget
+                assert gone[begin:end].sum() == round(0.3 * (end - begin))
+        masked, total = masked + gone[~breaks].sum(), total + (~breaks).sum()
+    assert abs(masked / total - 0.3) < 0.05
+
+
+def test_within_lines_hand_worked():
+    ids = np.array([10, 11, 12, 13, 99, 14, 15, 16, 17])  # two lines of 4 tokens, break 99
+    breaks = ids == 99
+    seen = set()
+    for seed in range(200):
+        ex = bart_text_infilling(
+            ids,
+            mask_id=MASK,
+            eos_id=EOS,
+            rng=np.random.default_rng(seed),
+            mask_ratio=0.5,
+            line_breaks=breaks,
+        )
+        text = ex.input_ids.tolist()
+        left, right = text[: text.index(99)], text[text.index(99) + 1 : -1]
+        assert (
+            len([t for t in left if t != MASK]) == 2 and len([t for t in right if t != MASK]) == 2
+        )
+        seen.add((tuple(left), tuple(right)))
+    assert len(seen) > 20  # the spans still vary
+    with pytest.raises(ValueError, match="line_breaks shape"):
+        infilling_spans(
+            5,
+            mask_ratio=0.3,
+            poisson_lambda=3.0,
+            rng=np.random.default_rng(0),
+            line_breaks=np.zeros(4, dtype=bool),
+        )
+
+
 def test_random_ratio_replaces_that_fraction_of_spans():
     rng = np.random.default_rng(7)
     random_ids = np.arange(6000, 7000)

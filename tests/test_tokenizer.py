@@ -102,6 +102,14 @@ def test_word_start_and_sentence_end_tables(tokenizer):
     assert not tokenizer.sentence_end_table()[ids[0]]
 
 
+def test_line_break_table(tokenizer):
+    ids = tokenizer.encode("To be, or not\nto be.\n\nHamlet")
+    breaks = tokenizer.line_break_table()[ids]
+    assert breaks.tolist() == ["\n" in tokenizer.decode([i]) for i in ids]
+    assert 2 <= breaks.sum() <= 3  # one break token, and "\n\n" as one or two
+    assert not tokenizer.line_break_table()[tokenizer.special_ids].any()
+
+
 def test_bad_tokenizer_files_give_clear_errors(tmp_path, tokenizer):
     with pytest.raises(TokenizerError, match="tokenizer file not found"):
         Tokenizer.load(tmp_path / "missing.json")

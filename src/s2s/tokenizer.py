@@ -233,6 +233,14 @@ class Tokenizer:
         table[self.special_ids] = True
         return table
 
+    def line_break_table(self) -> np.ndarray:
+        """(V,) bool: True where a token's text holds a line break (special tokens never do)."""
+        table = np.zeros(self.vocab_size, dtype=bool)
+        for i in range(self.vocab_size):
+            table[i] = "\n" in self.backend.decode([i], skip_special_tokens=False)
+        table[self.special_ids] = False
+        return table
+
     def sentence_end_table(self) -> np.ndarray:
         """(V,) bool: True where a token ends a sentence ('.', '!' or '?', quotes allowed)."""
         table = np.zeros(self.vocab_size, dtype=bool)

@@ -83,13 +83,22 @@ def infilling_spans(
     poisson_lambda: float,
     rng: np.random.Generator,
     word_starts: np.ndarray | None = None,
+    line_breaks: np.ndarray | None = None,
 ) -> Spans:
     """Sample the infilling spans of a text of `num_tokens` tokens (see the module docstring).
 
     word_starts: (L,) bool, True where a token begins a word; given, whole words are masked.
+    line_breaks: (L,) bool, True on tokens holding a line break; given, those tokens are never
+                 masked and each line between them is noised on its own (its own budget, its
+                 own spans), so no span crosses a line break (ours: a masked line break teaches
+                 a short-line denoiser to answer a mask with a new line).
     """
     if not 0 <= mask_ratio <= 1 or not poisson_lambda > 0:
         raise ValueError(f"need 0 <= mask_ratio={mask_ratio} <= 1 and poisson_lambda > 0")
+    if line_breaks is not None:
+        return _spans_per_line(
+            num_tokens, mask_ratio, poisson_lambda, rng, word_starts, line_breaks
+        )
     bounds = None if word_starts is None else _word_bounds(word_starts, num_tokens)
     num_units = num_tokens if bounds is None else len(bounds) - 1
     lengths = _sample_span_lengths(round(mask_ratio * num_units), poisson_lambda, rng)
@@ -99,6 +108,39 @@ def infilling_spans(
         return Spans(starts=starts, lengths=lengths)
     token_starts = bounds[starts]
     return Spans(starts=token_starts, lengths=bounds[starts + lengths] - token_starts)
+
+
+def _spans_per_line(
+    num_tokens: int,
+    mask_ratio: float,
+    poisson_lambda: float,
+    rng: np.random.Generator,
+    word_starts: np.ndarray | None,
+    line_breaks: np.ndarray,
+) -> Spans:
+    """`infilling_spans` run on each maximal run of non-break tokens, offsets added back."""
+    breaks = np.asarray(line_breaks, dtype=bool)
+    if breaks.shape != (num_tokens,):
+        raise ValueError(f"line_breaks shape {breaks.shape} != ids shape ({num_tokens},)")
+    edges = np.flatnonzero(np.diff(np.concatenate([[True], breaks, [True]]).astype(np.int8)))
+    starts, lengths = [], []
+    for begin, end in zip(edges[::2], edges[1::2], strict=True):  # runs [begin, end) of text
+        words = None
+        if word_starts is not None:
+            words = np.asarray(word_starts, dtype=bool)[begin:end].copy()
+            words[0] = True  # a line always begins a word
+        line = infilling_spans(
+            int(end - begin),
+            mask_ratio=mask_ratio,
+            poisson_lambda=poisson_lambda,
+            rng=rng,
+            word_starts=words,
+        )
+        starts.append(line.starts + begin)
+        lengths.append(line.lengths)
+    if not starts:
+        return Spans(starts=np.zeros(0, dtype=np.int64), lengths=np.zeros(0, dtype=np.int64))
+    return Spans(starts=np.concatenate(starts), lengths=np.concatenate(lengths))
 
 
 def bart_apply_spans(ids: np.ndarray, spans: Spans, fill_ids: np.ndarray) -> np.ndarray:
@@ -198,6 +240,7 @@ def bart_text_infilling(
     mask_ratio: float = 0.3,
     poisson_lambda: float = 3.0,
     word_starts: np.ndarray | None = None,
+    line_breaks: np.ndarray | None = None,
     sentence_end_mask: np.ndarray | None = None,
     random_ratio: float = 0.0,
     random_ids: np.ndarray | None = None,
@@ -206,6 +249,7 @@ def bart_text_infilling(
     """BART noise for one text (L,): optional sentence permutation, then text infilling.
 
     word_starts:       (L,) bool; given, whole words are masked and mask_ratio counts words.
+    line_breaks:       (L,) bool; given, no span crosses or masks a line break.
     sentence_end_mask: (L,) bool; given, sentences are shuffled first (the target is not).
     random_ratio:      fraction of spans filled with a token drawn uniformly from random_ids
                        (e.g. every non-special id) instead of mask_id.
@@ -213,21 +257,25 @@ def bart_text_infilling(
     bos_id=None adds no BOS to either (BART itself uses <s>).
     """
     ids = as_ids(ids)
-    for name, per_token in (("word_starts", word_starts), ("sentence_end_mask", sentence_end_mask)):
-        if per_token is not None and np.shape(per_token) != ids.shape:
-            raise ValueError(f"{name} shape {np.shape(per_token)} != ids shape {ids.shape}")
+    per_token = {"word_starts": word_starts, "line_breaks": line_breaks}
+    for name, flags in (*per_token.items(), ("sentence_end_mask", sentence_end_mask)):
+        if flags is not None and np.shape(flags) != ids.shape:
+            raise ValueError(f"{name} shape {np.shape(flags)} != ids shape {ids.shape}")
     source = ids
     if sentence_end_mask is not None:
         order = sentence_permutation(sentence_end_mask, rng)
         source = ids[order]
-        if word_starts is not None:
-            word_starts = np.asarray(word_starts, dtype=bool)[order]
+        word_starts, line_breaks = (
+            None if flags is None else np.asarray(flags, dtype=bool)[order]
+            for flags in per_token.values()
+        )
     spans = infilling_spans(
         len(source),
         mask_ratio=mask_ratio,
         poisson_lambda=poisson_lambda,
         rng=rng,
         word_starts=word_starts,
+        line_breaks=line_breaks,
     )
     fill = _fill_ids(len(spans.starts), mask_id, random_ratio, random_ids, rng)
     noised = bart_apply_spans(source, spans, fill)

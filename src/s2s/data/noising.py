@@ -82,6 +82,7 @@ class BartNoiseConfig:
     random_ratio: float = 0.0
     permute_sentences: bool = False
     whole_word: bool = False
+    within_lines: bool = False  # ours: spans never cross or mask a line break
     key_prefix: str = field(default="data.noise", repr=False, compare=False, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -91,7 +92,7 @@ class BartNoiseConfig:
         v = number(f"{p}.random_ratio", self.random_ratio)
         if not 0 <= v <= 1:
             raise ValueError(f"{p}.random_ratio={self.random_ratio!r} must be in [0, 1]")
-        for name in ("permute_sentences", "whole_word"):
+        for name in ("permute_sentences", "whole_word", "within_lines"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{p}.{name}={getattr(self, name)!r} must be true or false")
 
