@@ -1,5 +1,6 @@
 """Shared fixtures: small corpora, a session-wide trained tokenizer, a file writer, the first
-records of the shipped datasets for training tests."""
+records of the shipped datasets for training tests, and the composed configs of a tiny training
+run (`cfg_train`) and of generate.py (`cfg_generate`), as in lightning-hydra-template."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers.train import compose_generate, compose_train, overrides_for
 
 from s2s.tokenizer import Tokenizer
 
@@ -66,3 +68,21 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
         files[name] = out / f"{name}.json"
         files[name].write_text(json.dumps(records))
     return files
+
+
+@pytest.fixture
+def cfg_train(tiny_data, tmp_path):
+    """cfg_train(*overrides, kind="text", out=tmp_path): `conf/train.yaml` composed for a run of
+    seconds (a 1+1-layer model on `tiny_data`, 6 steps, outputs under `out`), plus overrides.
+    kind="pairs" trains on Input/Target pairs instead of Text records."""
+
+    def _cfg(*overrides: str, kind: str = "text", out: Path | None = None):
+        return compose_train([*overrides_for(tiny_data, out or tmp_path, kind), *overrides])
+
+    return _cfg
+
+
+@pytest.fixture
+def cfg_generate():
+    """cfg_generate(*overrides): `conf/generate.yaml` composed with the overrides."""
+    return compose_generate

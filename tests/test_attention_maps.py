@@ -13,7 +13,6 @@ import torch
 from helpers.generation import tiny_model, write_ckpt
 from helpers.model import with_kernels
 from helpers.train import compose_train, overrides_for
-from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from s2s import kernels
@@ -96,20 +95,15 @@ def test_validation_writes_a_heat_map_per_sample(tiny_data, tmp_path, monkeypatc
     assert {"val/cross_attention/0", "val/cross_attention/1"} <= set(tags)
 
 
-def config(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        return compose("generate", overrides=list(overrides))
-
-
 @pytest.fixture
 def ckpt(tokenizer, tmp_path) -> Path:
     return write_ckpt(tmp_path / "tiny.ckpt", tiny_model(tokenizer.vocab_size), tokenizer)
 
 
-def test_generate_draws_the_prompts_attention(ckpt, tmp_path):
+def test_generate_draws_the_prompts_attention(ckpt, tmp_path, cfg_generate):
     plot = tmp_path / "pictures" / "attention.png"
     stdout = io.StringIO()
-    run(config(f"ckpt={ckpt}", "prompt=To be or not", f"attention_plot={plot}",
+    run(cfg_generate(f"ckpt={ckpt}", "prompt=To be or not", f"attention_plot={plot}",
                "generate.max_new_tokens=5"), stdout=stdout)  # fmt: skip
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 2000
     assert len(stdout.getvalue().splitlines()) == 1  # the answer, as without a picture
@@ -124,18 +118,18 @@ def test_generate_draws_the_prompts_attention(ckpt, tmp_path):
         (["prompt=hi", "attention_plot={tmp}/old.png"], "exists; overwrite=true replaces it"),
     ],
 )
-def test_bad_attention_plot_settings_are_refused(ckpt, tmp_path, overrides, message):
+def test_bad_attention_plot_settings_are_refused(ckpt, tmp_path, overrides, message, cfg_generate):
     (tmp_path / "old.png").write_bytes(b"keep me")
     args = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
     if not any(a.startswith("attention_plot=") for a in args):
         args.append(f"attention_plot={tmp_path / 'a.png'}")
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        run(config(f"ckpt={ckpt}", *args))
+        run(cfg_generate(f"ckpt={ckpt}", *args))
     assert (tmp_path / "old.png").read_bytes() == b"keep me"
 
 
-def test_missing_matplotlib_is_a_clear_error(ckpt, tmp_path, monkeypatch):
+def test_missing_matplotlib_is_a_clear_error(ckpt, tmp_path, monkeypatch, cfg_generate):
     for name in ("matplotlib", "matplotlib.figure"):  # their import fails
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ValueError, match=r'pip install -e "\.\[plots\]"'):
-        run(config(f"ckpt={ckpt}", "prompt=hi", f"attention_plot={tmp_path / 'a.png'}"))
+        run(cfg_generate(f"ckpt={ckpt}", "prompt=hi", f"attention_plot={tmp_path / 'a.png'}"))

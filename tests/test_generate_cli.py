@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.generation import tiny_model, write_ckpt
-from hydra import compose, initialize_config_dir
 from rouge_score import rouge_scorer
 
 from s2s import load_pretrained
@@ -126,19 +125,14 @@ def test_errors_are_one_line(cli, case):
     assert wanted[case] in lines[0]
 
 
-def config(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        return compose("generate", overrides=list(overrides))
-
-
-def test_file_mode_writes_jsonl_and_scores_targets(files, expected, tmp_path, capsys):
+def test_file_mode_writes_jsonl_and_scores_targets(files, expected, tmp_path, capsys, cfg_generate):
     pairs = tmp_path / "pairs.jsonl"
     rows = [
         {"Input": p, "Target": t} for p, t in zip(PROMPTS, ["x", expected[PROMPTS[1]]], strict=True)
     ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "out" / "preds.jsonl"
-    cfg = config(f"ckpt={files}/tiny.ckpt", f"input_file={pairs}", f"output_file={out}",
+    cfg = cfg_generate(f"ckpt={files}/tiny.ckpt", f"input_file={pairs}", f"output_file={out}",
                  "batch_size=1", *MAX_NEW)  # fmt: skip
     run(cfg)
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
@@ -156,7 +150,7 @@ def test_file_mode_writes_jsonl_and_scores_targets(files, expected, tmp_path, ca
             for p, r in zip(PROMPTS, rows, strict=True)
         ]
         assert f"{label} {100 * sum(scores) / 2:.2f}  " in printed
-    run(config(f"ckpt={files}/tiny.ckpt", f"input_file={pairs}", f"output_file={out}",
+    run(cfg_generate(f"ckpt={files}/tiny.ckpt", f"input_file={pairs}", f"output_file={out}",
                "overwrite=true", "metrics=[bleu]", *MAX_NEW))  # fmt: skip
     printed = capsys.readouterr().out
     assert "BLEU" in printed and "chrF" not in printed and "ROUGE" not in printed
@@ -164,15 +158,19 @@ def test_file_mode_writes_jsonl_and_scores_targets(files, expected, tmp_path, ca
     text = tmp_path / "prompts.txt"
     text.write_text("\n".join(PROMPTS) + "\n\n", encoding="utf-8")
     again = [f"input_file={text}", f"output_file={out}", "overwrite=true", *MAX_NEW]
-    run(config(f"ckpt={files}/tiny.ckpt", *again))
+    run(cfg_generate(f"ckpt={files}/tiny.ckpt", *again))
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert written == [{"input": p, "output": expected[p]} for p in PROMPTS]
     assert "BLEU" not in capsys.readouterr().out
 
 
-def test_interactive_mode_ends_at_end_of_input(files, expected):
+def test_interactive_mode_ends_at_end_of_input(files, expected, cfg_generate):
     stdout = io.StringIO()
-    run(config(f"ckpt={files}/tiny.ckpt", *MAX_NEW), stdin=io.StringIO(PROMPTS[1]), stdout=stdout)
+    run(
+        cfg_generate(f"ckpt={files}/tiny.ckpt", *MAX_NEW),
+        stdin=io.StringIO(PROMPTS[1]),
+        stdout=stdout,
+    )
     assert stdout.getvalue().splitlines() == [expected[PROMPTS[1]]]
 
 
@@ -211,7 +209,7 @@ def test_learned_position_models_cut_prompts_to_their_table(tokenizer):
     assert rotary.encode([long_prompt])[0].shape[1] > 12 and rotary.truncated == 0
 
 
-def test_generate_frames_inputs_as_training_did(files, tokenizer, tmp_path, capsys):
+def test_generate_frames_inputs_as_training_did(files, tokenizer, tmp_path, capsys, cfg_generate):
     # a checkpoint trained on 4-token sources: generate.py cuts prompts to 4 tokens unasked,
     # and so does a bundle exported from it; max_source_length= still wins
     model, _ = load_pretrained(files / "tiny.ckpt")
@@ -227,7 +225,7 @@ def test_generate_frames_inputs_as_training_did(files, tokenizer, tmp_path, caps
         (framed, ["max_source_length=64"], False),
         (files / "tiny.ckpt", [], False),  # no framing recorded: no limit
     ]:
-        run(config(f"ckpt={ckpt}", *common, *extra, *MAX_NEW))
+        run(cfg_generate(f"ckpt={ckpt}", *common, *extra, *MAX_NEW))
         note = "2 of 2 prompts were cut to 4 tokens"
         assert (note in capsys.readouterr().err) == cut, (ckpt, extra)
 
@@ -245,7 +243,7 @@ def test_damaged_framing_is_refused(files, tokenizer, tmp_path):
 @pytest.mark.parametrize(
     "value, message", [("bleu", "metrics='bleu' must be a list"), ("[bleu,bert]", "'bert'")]
 )
-def test_bad_metrics_are_refused_before_loading(value, message, tmp_path):
-    cfg = config(f"ckpt={tmp_path}/never_read.ckpt", "prompt=hello", f"metrics={value}")
+def test_bad_metrics_are_refused_before_loading(value, message, tmp_path, cfg_generate):
+    cfg = cfg_generate(f"ckpt={tmp_path}/never_read.ckpt", "prompt=hello", f"metrics={value}")
     with pytest.raises(ValueError, match=re.escape(message)):
         run(cfg)

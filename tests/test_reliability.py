@@ -315,9 +315,9 @@ def test_the_size_limit_is_documented_and_can_be_changed(monkeypatch):
 # -- 6. nothing is overwritten without overwrite=true --------------------------------------------
 
 
-def test_a_second_run_in_a_used_directory_is_refused(tiny_data, trained, tmp_path):
+def test_a_second_run_in_a_used_directory_is_refused(trained, cfg_train):
     before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
-    cfg = compose_train([*overrides_for(tiny_data, tmp_path), f"paths.output_dir={trained}"])
+    cfg = cfg_train(f"paths.output_dir={trained}")
     refused(cfg, r"holds an earlier run .* overwrite=true")
     assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before
     check_run_dir(trained, overwrite=True, ckpt_path=None)  # allowed when asked for

@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
-from helpers.train import compose_train, overrides_for
+from helpers.train import compose_train
 
 from s2s.pipeline import train
 from s2s.report import ValidationHistory, config_diff
 
 
-def test_report_after_a_tiny_run(tiny_data, tmp_path, capsys):
-    result = train(compose_train([*overrides_for(tiny_data, tmp_path, kind="pairs")]))
+def test_report_after_a_tiny_run(tmp_path, capsys, cfg_train):
+    result = train(cfg_train(kind="pairs"))
     run = tmp_path / "run"
     report = (run / "report.md").read_text()
     assert result["report"] == str(run / "report.md")

@@ -111,9 +111,9 @@ def test_warmup_steps_train_on_random_rows_then_on_the_data(tiny_data, tmp_path,
         assert inputs != labels and len(labels) > 9  # noised text rows
 
 
-def test_init_from_skips_the_warmup(tiny_data, tmp_path, monkeypatch):
+def test_init_from_skips_the_warmup(tiny_data, tmp_path, monkeypatch, cfg_train):
     pretrain = tmp_path / "pretrain"
-    first = train(compose_train([*overrides_for(tiny_data, pretrain), "trainer.max_steps=2"]))
+    first = train(cfg_train("trainer.max_steps=2", out=pretrain))
     seen = spy_training_rows(monkeypatch)
     tuned = [
         *overrides_for(tiny_data, tmp_path / "tuned"),

@@ -20,28 +20,22 @@ from s2s.pipeline import train
 from s2s.trainer import trainer_arguments
 
 
-def test_debug_smoke_pretraining(tiny_data, tmp_path):
-    cfg = compose_train([*overrides_for(tiny_data, tmp_path), "trainer.fast_dev_run=2"])
+def test_debug_smoke_pretraining(tmp_path, cfg_train):
+    cfg = cfg_train("trainer.fast_dev_run=2")
     result = train(cfg)
     assert result["metrics"]["train/loss"] > 0
     assert (tmp_path / "run" / "tokenizer.json").is_file()
     assert (tmp_path / "run" / "model_config.json").is_file()
 
 
-def test_bf16_mixed_precision_is_a_trainer_override(tiny_data, tmp_path):
-    cfg = compose_train(
-        [
-            *overrides_for(tiny_data, tmp_path),
-            "trainer.fast_dev_run=2",
-            "trainer.precision=bf16-mixed",
-        ]
-    )
+def test_bf16_mixed_precision_is_a_trainer_override(cfg_train):
+    cfg = cfg_train("trainer.fast_dev_run=2", "trainer.precision=bf16-mixed")
     result = train(cfg)
     assert 0 < result["metrics"]["train/loss"] < 20
 
 
-def test_pretraining_run_writes_checkpoints_and_logs(tiny_data, tmp_path):
-    result = train(compose_train(overrides_for(tiny_data, tmp_path)))
+def test_pretraining_run_writes_checkpoints_and_logs(tmp_path, cfg_train):
+    result = train(cfg_train())
     metrics = result["metrics"]
     for key in ("val/loss", "val/ppl", "val/token_acc", "train/loss", "train/lr"):
         assert key in metrics, key
@@ -56,14 +50,13 @@ def test_pretraining_run_writes_checkpoints_and_logs(tiny_data, tmp_path):
     assert "train/tokens_per_sec" in header and "train/padding_fraction" in header
 
 
-def test_finetuning_from_a_pretrained_checkpoint(tiny_data, tmp_path):
-    pretrained = train(compose_train(overrides_for(tiny_data, tmp_path / "pre")))
-    cfg = compose_train(
-        [
-            "experiment=finetune_bible_modern",
-            *overrides_for(tiny_data, tmp_path / "fine", kind="pairs"),
-            f"init_from={pretrained['last_checkpoint']}",
-        ]
+def test_finetuning_from_a_pretrained_checkpoint(tmp_path, cfg_train):
+    pretrained = train(cfg_train(out=tmp_path / "pre"))
+    cfg = cfg_train(
+        "experiment=finetune_bible_modern",
+        f"init_from={pretrained['last_checkpoint']}",
+        kind="pairs",
+        out=tmp_path / "fine",
     )
     result = train(cfg)
     assert "val/bleu" in result["metrics"] and "val/chrf" in result["metrics"]
@@ -72,29 +65,22 @@ def test_finetuning_from_a_pretrained_checkpoint(tiny_data, tmp_path):
     assert (tmp_path / "fine" / "run" / "tokenizer.json").read_text() == pre_tok
 
 
-def test_init_from_a_different_architecture_is_refused(tiny_data, tmp_path):
-    pretrained = train(compose_train(overrides_for(tiny_data, tmp_path / "pre")))
-    cfg = compose_train(
-        [
-            *overrides_for(tiny_data, tmp_path / "fine"),
-            "model.d_model=64",
-            f"init_from={pretrained['last_checkpoint']}",
-        ]
+def test_init_from_a_different_architecture_is_refused(tmp_path, cfg_train):
+    pretrained = train(cfg_train(out=tmp_path / "pre"))
+    cfg = cfg_train(
+        "model.d_model=64", f"init_from={pretrained['last_checkpoint']}", out=tmp_path / "fine"
     )
     with pytest.raises(ValueError, match=r"model\.d_model=64 but the checkpoint has 32"):
         train(cfg)
 
 
-def test_max_time_stops_a_run(tiny_data, tmp_path):
+def test_max_time_stops_a_run(tmp_path, cfg_train):
     # trainer.max_time is a key of the trainer group (no `+`); a run that would otherwise take
     # 2,000 steps (about a minute here) ends after the 2-second budget.
-    cfg = compose_train(
-        [
-            *overrides_for(tiny_data, tmp_path),
-            "trainer.max_steps=2000",
-            "trainer.max_time=00:00:00:02",
-            "trainer.val_check_interval=100000",
-        ]
+    cfg = cfg_train(
+        "trainer.max_steps=2000",
+        "trainer.max_time=00:00:00:02",
+        "trainer.val_check_interval=100000",
     )
     train(cfg)
     rows = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()
@@ -245,7 +231,7 @@ def test_bad_overrides_fail_with_one_clear_line(tiny_data, tmp_path, override, m
 
 
 @pytest.mark.slow  # spawns processes
-def test_sigkill_loses_only_steps_since_the_last_checkpoint(tiny_data, tmp_path):
+def test_sigkill_loses_only_steps_since_the_last_checkpoint(tiny_data, tmp_path, cfg_train):
     import signal
     import time
 
@@ -292,14 +278,12 @@ def test_sigkill_loses_only_steps_since_the_last_checkpoint(tiny_data, tmp_path)
     assert saved_step % 2 == 0 and done - 2 <= saved_step <= done
     # ...and the run resumes from it.
     resumed = tmp_path / "resumed.json"
-    cfg = compose_train(
-        [
-            *overrides_for(tiny_data, tmp_path / "b"),
-            *record(resumed),
-            f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-            f"trainer.max_steps={saved_step + 2}",
-            "scheduler.total_steps=100000",
-        ]
+    cfg = cfg_train(
+        *record(resumed),
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"trainer.max_steps={saved_step + 2}",
+        "scheduler.total_steps=100000",
+        out=tmp_path / "b",
     )
     train(cfg)
     assert [r["step"] for r in read_records(resumed)] == [saved_step + 1, saved_step + 2]

@@ -200,15 +200,7 @@ def _tokenizer_for(
     for doc in itertools.islice(_all_documents(sources, text_field), sample_documents):
         sample.extend([doc] if isinstance(doc, str) else doc)
     config = TokenizerConfig(vocab_size=vocab_size, num_sentinels=num_sentinels)
-    start = time.perf_counter()
-    tok = Tokenizer.from_config(config, sample)
-    log.info(
-        "trained a %d-token tokenizer on %d texts in %.1f s",
-        tok.vocab_size,
-        len(sample),
-        time.perf_counter() - start,
-    )
-    return tok
+    return Tokenizer.from_config(config, sample, source="the first documents")
 
 
 def _tokenizer_file(given: str) -> Path:

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from s2s.files import atomic_write
+
+log = logging.getLogger(__name__)
 
 PAD, EOS, BOS, MASK = "<pad>", "</s>", "<s>", "<mask>"
 MAX_TRAINING_RUN = 256  # non-space characters; longer runs are split for training (module doc)
@@ -168,11 +172,23 @@ class Tokenizer:
             raise TokenizerError(f"{path}: {err}") from None
 
     @classmethod
-    def from_config(cls, config: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
-        """Load `config.path` when given, else train on `texts`."""
+    def from_config(
+        cls, config: TokenizerConfig, texts: Iterable[str], source: str | Path | None = None
+    ) -> Tokenizer:
+        """Load `config.path` when given, else train on `texts` (logged, naming `source`)."""
         if config.path:
             return cls.load(config.path)
-        return cls.train(texts, config.vocab_size, config.num_sentinels, config.min_frequency)
+        texts = list(texts)
+        start = time.perf_counter()
+        tokenizer = cls.train(texts, config.vocab_size, config.num_sentinels, config.min_frequency)
+        log.info(
+            "trained a %d-token BPE tokenizer on %d texts%s in %.1f s",
+            tokenizer.vocab_size,
+            len(texts),
+            f" of {source}" if source else "",
+            time.perf_counter() - start,
+        )
+        return tokenizer
 
     def save(self, path: str | Path) -> Path:
         """Write `tokenizer.json` atomically (a crash never leaves a half-written file)."""

@@ -1,4 +1,5 @@
-"""Training helpers: tiny-model overrides, composing `conf/train.yaml`, recording batches."""
+"""Training helpers: tiny-model overrides, composing `conf/train.yaml` and `conf/generate.yaml`,
+recording batches."""
 
 from __future__ import annotations
 
@@ -52,6 +53,12 @@ def compose_train(overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
+
+
+def compose_generate(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose(config_name="generate", overrides=list(overrides))
 
 
 def record(path: Path) -> list[str]:

@@ -17,7 +17,6 @@ used as they are. Validation noise is fixed, so validation loss compares across 
 from __future__ import annotations
 
 import logging
-import time
 from functools import partial
 from pathlib import Path
 
@@ -82,15 +81,7 @@ class S2SDataModule(L.LightningDataModule):
                 return Tokenizer.load(cached)
         records = read_records(train)
         texts = records.inputs + (records.targets or [])
-        start = time.perf_counter()
-        tokenizer = Tokenizer.from_config(settings, texts)
-        log.info(
-            "trained a %d-token BPE tokenizer on %d texts of %s in %.1f s",
-            tokenizer.vocab_size,
-            len(texts),
-            train,
-            time.perf_counter() - start,
-        )
+        tokenizer = Tokenizer.from_config(settings, texts, source=train)
         if cached is not None:
             tokenizer.save(cached)
         return tokenizer
