@@ -75,6 +75,7 @@ def test_token_labels_keep_special_tokens(tokenizer):
     assert "<mask>" in labels and labels[-1] == "</s>" and len(labels) == len(ids)
 
 
+@pytest.mark.slow  # a whole training run
 def test_validation_writes_a_heat_map_per_sample(tiny_data, tmp_path, monkeypatch):
     drawn = []
     original = attention_maps.attention_figure

@@ -209,6 +209,7 @@ def test_learned_position_models_cut_prompts_to_their_table(tokenizer):
     assert rotary.encode([long_prompt])[0].shape[1] > 12 and rotary.truncated == 0
 
 
+@pytest.mark.slow  # six generation runs and an export
 def test_generate_frames_inputs_as_training_did(files, tokenizer, tmp_path, capsys, cfg_generate):
     # a checkpoint trained on 4-token sources: generate.py cuts prompts to 4 tokens unasked,
     # and so does a bundle exported from it; max_source_length= still wins

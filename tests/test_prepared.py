@@ -254,6 +254,7 @@ def test_reader_opens_shards_lazily_and_pickles_without_descriptors(
     assert not clone._fds and clone.document(200, trim=2).tolist() == doc.tolist()
 
 
+@pytest.mark.slow  # imports datasets and pyarrow (seconds)
 def test_parquet_and_hugging_face_folders_are_inputs(tokenizer, tok_file, tmp_path):
     datasets = pytest.importorskip("datasets")  # a dev dependency: present in CI
     import pyarrow as pa

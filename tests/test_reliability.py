@@ -324,6 +324,7 @@ def test_a_second_run_in_a_used_directory_is_refused(trained, cfg_train):
     check_run_dir(trained, overwrite=False, ckpt_path=str(trained / "checkpoints/last.ckpt"))
 
 
+@pytest.mark.slow  # a whole training run
 def test_overwrite_replaces_the_earlier_runs_checkpoints_and_logs(tiny_data, tmp_path):
     first = [*overrides_for(tiny_data, tmp_path), "trainer.max_steps=4"]
     train(compose_train(first))

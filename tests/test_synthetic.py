@@ -111,6 +111,7 @@ def test_warmup_steps_train_on_random_rows_then_on_the_data(tiny_data, tmp_path,
         assert inputs != labels and len(labels) > 9  # noised text rows
 
 
+@pytest.mark.slow  # a whole training run
 def test_init_from_skips_the_warmup(tiny_data, tmp_path, monkeypatch, cfg_train):
     pretrain = tmp_path / "pretrain"
     first = train(cfg_train("trainer.max_steps=2", out=pretrain))
@@ -140,6 +141,7 @@ def test_vocab_limits_warmup_rows_to_the_first_copyable_ids(tokenizer):
         CopyWarmup(vocab=1)
 
 
+@pytest.mark.slow  # a whole training run
 def test_warmup_ends_once_the_model_copies_and_a_resume_keeps_that_end(
     tiny_data, tmp_path, monkeypatch, caplog
 ):
@@ -168,6 +170,7 @@ def test_warmup_ends_once_the_model_copies_and_a_resume_keeps_that_end(
     assert copy_rows(seen) == [False, False]
 
 
+@pytest.mark.slow  # a whole training run
 def test_a_warmup_that_never_copies_says_so(tiny_data, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr("s2s.lit_module.copy_accuracy", lambda *_: torch.tensor(0.1))
     run = [
@@ -189,6 +192,7 @@ def test_bad_until_or_window_is_refused(values):
         CopyWarmup(**values)
 
 
+@pytest.mark.slow  # a whole training run
 def test_a_fixed_warmup_says_how_much_it_copies(tiny_data, tmp_path, monkeypatch, caplog):
     """Without copy_warmup.until the warm-up runs its steps, then reports its copying, with a
     warning below half (the usual sign of a plateau that never ended)."""

@@ -85,6 +85,7 @@ def scalars(event_dir) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+@pytest.mark.slow  # a whole training run
 def test_mfu_and_tflops_in_the_tensorboard_events(tiny_data, tmp_path):
     overrides = [*overrides_for(tiny_data, tmp_path), "logger=tensorboard"]
     train(compose_train([*overrides, "trainer.max_steps=4", "trainer.peak_tflops=0.5"]))

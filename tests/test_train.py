@@ -28,6 +28,7 @@ def test_debug_smoke_pretraining(tmp_path, cfg_train):
     assert (tmp_path / "run" / "model_config.json").is_file()
 
 
+@pytest.mark.slow  # a whole training run
 def test_bf16_mixed_precision_is_a_trainer_override(cfg_train):
     cfg = cfg_train("trainer.fast_dev_run=2", "trainer.precision=bf16-mixed")
     result = train(cfg)
@@ -50,6 +51,7 @@ def test_pretraining_run_writes_checkpoints_and_logs(tmp_path, cfg_train):
     assert "train/tokens_per_sec" in header and "train/padding_fraction" in header
 
 
+@pytest.mark.slow  # a whole training run
 def test_finetuning_from_a_pretrained_checkpoint(tmp_path, cfg_train):
     pretrained = train(cfg_train(out=tmp_path / "pre"))
     cfg = cfg_train(
@@ -65,6 +67,7 @@ def test_finetuning_from_a_pretrained_checkpoint(tmp_path, cfg_train):
     assert (tmp_path / "fine" / "run" / "tokenizer.json").read_text() == pre_tok
 
 
+@pytest.mark.slow  # a whole training run
 def test_init_from_a_different_architecture_is_refused(tmp_path, cfg_train):
     pretrained = train(cfg_train(out=tmp_path / "pre"))
     cfg = cfg_train(
@@ -74,6 +77,7 @@ def test_init_from_a_different_architecture_is_refused(tmp_path, cfg_train):
         train(cfg)
 
 
+@pytest.mark.slow  # a whole training run
 def test_max_time_stops_a_run(tmp_path, cfg_train):
     # trainer.max_time is a key of the trainer group (no `+`); a run that would otherwise take
     # 2,000 steps (about a minute here) ends after the 2-second budget.
@@ -127,6 +131,7 @@ def test_every_experiment_composes(experiment):
         assert cfg.data.train_dir is None
 
 
+@pytest.mark.slow  # a whole training run
 def test_resume_continues_exactly(tiny_data, tmp_path):
     common = [
         *overrides_for(tiny_data, tmp_path),
@@ -173,6 +178,7 @@ def test_every_epoch_reshuffles_and_renoises_the_same_texts(tiny_data, tmp_path)
     assert not inputs[0] & inputs[1]  # ...with fresh noise on every one of them
 
 
+@pytest.mark.slow  # a whole training run
 def test_same_seed_same_losses_other_seed_other_losses(tiny_data, tmp_path):
     runs = {}
     for name, seed in [("a", 7), ("b", 7), ("c", 8)]:
