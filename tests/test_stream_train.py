@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.recording import read_records
 from helpers.train import TINY_MODEL, compose_train, overrides_for, record, run_ddp_records
 from omegaconf import OmegaConf
@@ -76,6 +77,13 @@ def test_stream_training_resumes_exactly_twice_and_across_an_epoch(
         assert resumed[step]["rows"] == uninterrupted[step]["rows"], step
         assert resumed[step]["inputs"] == uninterrupted[step]["inputs"], step  # same noise
         assert resumed[step]["loss"] == pytest.approx(uninterrupted[step]["loss"], rel=1e-5), step
+    # ...and the last checkpoints of both runs (step 15: saved every 5 steps) hold the same weights.
+    last_ckpts = (tmp_path / d / "checkpoints" / "last.ckpt" for d in "ab")
+    a, b = (torch.load(path, weights_only=False) for path in last_ckpts)
+    assert a["global_step"] == b["global_step"] == 15
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for name, weight in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], weight, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow  # spawns processes
