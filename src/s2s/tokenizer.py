@@ -27,7 +27,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,34 +236,35 @@ class Tokenizer:
         """Ids of every special token (pad, eos, bos, mask, sentinels, any others)."""
         return sorted(self._special_set)
 
+    def _token_table(self, flag: Callable[[str], bool]) -> np.ndarray:
+        """(V,) bool: `flag` of each token's own text (special tokens decoded as themselves)."""
+        return np.array(
+            [
+                flag(self.backend.decode([i], skip_special_tokens=False))
+                for i in range(self.vocab_size)
+            ],
+            dtype=bool,
+        )
+
     def word_start_table(self) -> np.ndarray:
         """(V,) bool: True where a token begins a new word (its text starts with whitespace).
 
         Whole-word masking (BART) treats a token as the start of a word when it carries the
         leading space; special tokens also count as word starts.
         """
-        table = np.zeros(self.vocab_size, dtype=bool)
-        for i in range(self.vocab_size):
-            piece = self.backend.decode([i], skip_special_tokens=False)
-            table[i] = not piece or piece[0].isspace()
+        table = self._token_table(lambda piece: not piece or piece[0].isspace())
         table[self.special_ids] = True
         return table
 
     def line_break_table(self) -> np.ndarray:
         """(V,) bool: True where a token's text holds a line break (special tokens never do)."""
-        table = np.zeros(self.vocab_size, dtype=bool)
-        for i in range(self.vocab_size):
-            table[i] = "\n" in self.backend.decode([i], skip_special_tokens=False)
+        table = self._token_table(lambda piece: "\n" in piece)
         table[self.special_ids] = False
         return table
 
     def sentence_end_table(self) -> np.ndarray:
         """(V,) bool: True where a token ends a sentence ('.', '!' or '?', quotes allowed)."""
-        table = np.zeros(self.vocab_size, dtype=bool)
-        for i in range(self.vocab_size):
-            piece = self.backend.decode([i], skip_special_tokens=False).rstrip("'\"”’)] \n")
-            table[i] = piece.endswith((".", "!", "?"))
-        return table
+        return self._token_table(lambda piece: piece.rstrip("'\"”’)] \n").endswith((".", "!", "?")))
 
     def __repr__(self) -> str:
         return (

@@ -125,16 +125,12 @@ def _spans_per_line(
     edges = np.flatnonzero(np.diff(np.concatenate([[True], breaks, [True]]).astype(np.int8)))
     starts, lengths = [], []
     for begin, end in zip(edges[::2], edges[1::2], strict=True):  # runs [begin, end) of text
-        words = None
-        if word_starts is not None:
-            words = np.asarray(word_starts, dtype=bool)[begin:end].copy()
-            words[0] = True  # a line always begins a word
-        line = infilling_spans(
+        line = infilling_spans(  # a line's first token begins a word (`_word_bounds`)
             int(end - begin),
             mask_ratio=mask_ratio,
             poisson_lambda=poisson_lambda,
             rng=rng,
-            word_starts=words,
+            word_starts=None if word_starts is None else np.asarray(word_starts)[begin:end],
         )
         starts.append(line.starts + begin)
         lengths.append(line.lengths)
