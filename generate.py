@@ -10,13 +10,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from s2s.cli_generate import main as run_generate
+from s2s.cli import run_cli
 from s2s.cli_generate import quote_free_text
 
 
 @hydra.main(config_path="conf", config_name="generate", version_base=None)
 def main(cfg: DictConfig) -> None:
-    sys.exit(run_generate(cfg))
+    from s2s.pipeline import generate
+
+    run_cli(generate, cfg)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,10 @@ from helpers.train import compose_train, overrides_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from s2s import kernels
-from s2s.cli_generate import run
 from s2s.evaluation import attention_maps
 from s2s.evaluation.attention_maps import cross_attention, plot_attention, token_labels
 from s2s.model.attention import merge_heads, split_heads
-from s2s.pipeline import train
+from s2s.pipeline import generate, train
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE, TARGET = [5, 9, 14, 22, 31, 1], [40, 9, 7, 1]
@@ -104,7 +103,7 @@ def ckpt(tokenizer, tmp_path) -> Path:
 def test_generate_draws_the_prompts_attention(ckpt, tmp_path, cfg_generate):
     plot = tmp_path / "pictures" / "attention.png"
     stdout = io.StringIO()
-    run(cfg_generate(f"ckpt={ckpt}", "prompt=To be or not", f"attention_plot={plot}",
+    generate(cfg_generate(f"ckpt={ckpt}", "prompt=To be or not", f"attention_plot={plot}",
                "generate.max_new_tokens=5"), stdout=stdout)  # fmt: skip
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 2000
     assert len(stdout.getvalue().splitlines()) == 1  # the answer, as without a picture
@@ -125,7 +124,7 @@ def test_bad_attention_plot_settings_are_refused(ckpt, tmp_path, overrides, mess
     if not any(a.startswith("attention_plot=") for a in args):
         args.append(f"attention_plot={tmp_path / 'a.png'}")
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        run(cfg_generate(f"ckpt={ckpt}", *args))
+        generate(cfg_generate(f"ckpt={ckpt}", *args))
     assert (tmp_path / "old.png").read_bytes() == b"keep me"
 
 
@@ -133,4 +132,4 @@ def test_missing_matplotlib_is_a_clear_error(ckpt, tmp_path, monkeypatch, cfg_ge
     for name in ("matplotlib", "matplotlib.figure"):  # their import fails
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ValueError, match=r'pip install -e "\.\[plots\]"'):
-        run(cfg_generate(f"ckpt={ckpt}", "prompt=hi", f"attention_plot={tmp_path / 'a.png'}"))
+        generate(cfg_generate(f"ckpt={ckpt}", "prompt=hi", f"attention_plot={tmp_path / 'a.png'}"))

@@ -1,6 +1,6 @@
 """`python generate.py` end to end: prompt mode, interactive mode through a pipe, one-line
 errors (as subprocesses, started together since each pays Python + torch start-up), and the
-file mode with metrics (in process, through `s2s.cli_generate.run`)."""
+file mode with metrics (in process, through `s2s.pipeline.generate`)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from rouge_score import rouge_scorer
 from s2s import load_pretrained
 from s2s.bundle import read_pretrained, save_bundle
 from s2s.checkpoint import CheckpointError, Framing
-from s2s.cli_generate import quote_free_text, run
+from s2s.cli_generate import quote_free_text
 from s2s.export import export
 from s2s.generation import GenerationConfig
 from s2s.generation.text import TextGenerator
+from s2s.pipeline import generate
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW = ["generate.max_new_tokens=6"]
@@ -77,8 +78,10 @@ def cli(files) -> dict[str, subprocess.CompletedProcess]:
         runs[name] = ([a.format(dir=files) for a in args], None)
     started = {}
     for name, (args, stdin) in runs.items():
+        # the prompt run lists what it imports (on stderr): generation must not load Lightning
+        python = [sys.executable, "-X", "importtime"] if name == "prompt" else [sys.executable]
         process = subprocess.Popen(
-            [sys.executable, str(REPO / "generate.py"), *args],
+            [*python, str(REPO / "generate.py"), *args],
             cwd=files,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -99,6 +102,15 @@ def test_prompt_mode_prints_the_answer(cli, expected, files):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [expected[PROMPTS[0]]]
     assert sorted(p.name for p in files.iterdir()) == ["incomplete", "tiny.ckpt"]  # no litter
+
+
+@pytest.mark.slow  # spawns processes
+def test_generation_never_imports_lightning(cli):
+    """s2s.pipeline imports Lightning inside train() only: it takes seconds to import."""
+    lines = cli["prompt"].stderr.splitlines()
+    imported = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+    assert {"torch", "s2s.pipeline"} <= imported  # the listing is complete enough to judge
+    assert not [name for name in imported if name.split(".")[0] == "lightning"]
 
 
 @pytest.mark.slow  # spawns processes
@@ -134,7 +146,7 @@ def test_file_mode_writes_jsonl_and_scores_targets(files, expected, tmp_path, ca
     out = tmp_path / "out" / "preds.jsonl"
     cfg = cfg_generate(f"ckpt={files}/tiny.ckpt", f"input_file={pairs}", f"output_file={out}",
                  "batch_size=1", *MAX_NEW)  # fmt: skip
-    run(cfg)
+    generate(cfg)
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert written == [
         {"input": p, "output": expected[p], "target": r["Target"]}
@@ -150,7 +162,7 @@ def test_file_mode_writes_jsonl_and_scores_targets(files, expected, tmp_path, ca
             for p, r in zip(PROMPTS, rows, strict=True)
         ]
         assert f"{label} {100 * sum(scores) / 2:.2f}  " in printed
-    run(cfg_generate(f"ckpt={files}/tiny.ckpt", f"input_file={pairs}", f"output_file={out}",
+    generate(cfg_generate(f"ckpt={files}/tiny.ckpt", f"input_file={pairs}", f"output_file={out}",
                "overwrite=true", "metrics=[bleu]", *MAX_NEW))  # fmt: skip
     printed = capsys.readouterr().out
     assert "BLEU" in printed and "chrF" not in printed and "ROUGE" not in printed
@@ -158,7 +170,7 @@ def test_file_mode_writes_jsonl_and_scores_targets(files, expected, tmp_path, ca
     text = tmp_path / "prompts.txt"
     text.write_text("\n".join(PROMPTS) + "\n\n", encoding="utf-8")
     again = [f"input_file={text}", f"output_file={out}", "overwrite=true", *MAX_NEW]
-    run(cfg_generate(f"ckpt={files}/tiny.ckpt", *again))
+    generate(cfg_generate(f"ckpt={files}/tiny.ckpt", *again))
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert written == [{"input": p, "output": expected[p]} for p in PROMPTS]
     assert "BLEU" not in capsys.readouterr().out
@@ -166,7 +178,7 @@ def test_file_mode_writes_jsonl_and_scores_targets(files, expected, tmp_path, ca
 
 def test_interactive_mode_ends_at_end_of_input(files, expected, cfg_generate):
     stdout = io.StringIO()
-    run(
+    generate(
         cfg_generate(f"ckpt={files}/tiny.ckpt", *MAX_NEW),
         stdin=io.StringIO(PROMPTS[1]),
         stdout=stdout,
@@ -226,7 +238,7 @@ def test_generate_frames_inputs_as_training_did(files, tokenizer, tmp_path, caps
         (framed, ["max_source_length=64"], False),
         (files / "tiny.ckpt", [], False),  # no framing recorded: no limit
     ]:
-        run(cfg_generate(f"ckpt={ckpt}", *common, *extra, *MAX_NEW))
+        generate(cfg_generate(f"ckpt={ckpt}", *common, *extra, *MAX_NEW))
         note = "2 of 2 prompts were cut to 4 tokens"
         assert (note in capsys.readouterr().err) == cut, (ckpt, extra)
 
@@ -247,4 +259,4 @@ def test_damaged_framing_is_refused(files, tokenizer, tmp_path):
 def test_bad_metrics_are_refused_before_loading(value, message, tmp_path, cfg_generate):
     cfg = cfg_generate(f"ckpt={tmp_path}/never_read.ckpt", "prompt=hello", f"metrics={value}")
     with pytest.raises(ValueError, match=re.escape(message)):
-        run(cfg)
+        generate(cfg)

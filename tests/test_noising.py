@@ -343,6 +343,73 @@ def test_within_lines_no_span_touches_a_line_break():
     assert abs(masked / total - 0.3) < 0.05
 
 
+def _span_positions(spans) -> np.ndarray:
+    return np.concatenate(
+        [np.arange(s, s + n) for s, n in zip(spans.starts, spans.lengths, strict=True)] + [[]]
+    ).astype(int)
+
+
+def test_kept_line_breaks_cut_the_row_spans_at_each_break():
+    rng = np.random.default_rng(9)
+    ids = np.arange(10, 210)
+    breaks = np.zeros(200, dtype=bool)
+    breaks[9::10] = True  # lines of 9 tokens
+    masked = 0
+    long_spans = lines_without_mask = 0
+    for seed in range(300):
+        spans = infilling_spans(
+            200,
+            mask_ratio=0.3,
+            poisson_lambda=3.0,
+            rng=np.random.default_rng(seed),
+            line_breaks=breaks,
+            per_line=False,
+        )
+        whole = infilling_spans(  # the same draw without breaks: what the cut starts from
+            200, mask_ratio=0.3, poisson_lambda=3.0, rng=np.random.default_rng(seed)
+        )
+        covered = np.zeros(200, dtype=bool)
+        for start, length in zip(spans.starts, spans.lengths, strict=True):
+            covered[start : start + length] = True
+        assert not (covered & breaks).any()
+        for start, length in zip(whole.starts, whole.lengths, strict=True):
+            # each drawn span keeps its text from its first non-break token up to a break
+            kept, brk = covered[start : start + length], breaks[start : start + length]
+            text = np.flatnonzero(~brk)
+            expected = np.zeros(length, dtype=bool)
+            if len(text):
+                stop = np.flatnonzero(brk[text[0] :])
+                expected[text[0] : text[0] + (stop[0] if len(stop) else length)] = True
+            assert np.array_equal(kept, expected)
+        assert not covered[~np.isin(np.arange(200), _span_positions(whole))].any()
+        masked += covered.sum()
+        long_spans += (spans.lengths >= 4).sum()
+        lines_without_mask += sum(not covered[i : i + 9].any() for i in range(0, 200, 10))
+        ex = bart_text_infilling(
+            ids, mask_id=MASK, eos_id=EOS, rng=rng, line_breaks=breaks, per_line=False
+        )
+        assert np.array_equal(ex.input_ids[np.isin(ex.input_ids, ids[breaks])], ids[breaks])
+    assert 0.2 < masked / (300 * 180) < 0.3  # the row's budget, less what the cuts dropped
+    assert long_spans > 0 and lines_without_mask > 0  # unlike per-line budgets
+
+
+@pytest.mark.parametrize("key", ["within_lines", "keep_line_breaks"])
+def test_line_break_settings_reach_the_objective(tokenizer, key):
+    from s2s.data.config import DataConfig
+    from s2s.data.objectives import build_objective
+
+    noise = {"bart": {"mask_ratio": 0.5, key: True}}
+    config = DataConfig.from_dict({"train_path": "x", "objective": "bart", "noise": noise})
+    objective = build_objective(config, tokenizer)
+    assert objective.per_line == (key == "within_lines")
+    ids = np.array(tokenizer.encode("To be, or not to be,\nthat is the question:\n" * 3))
+    breaks = tokenizer.line_break_table()[ids]
+    assert breaks.sum() == 6
+    for seed in range(50):
+        noised = objective(ids, np.random.default_rng(seed)).input_ids
+        assert (tokenizer.line_break_table()[noised]).sum() == 6  # every break stays
+
+
 def test_within_lines_hand_worked():
     ids = np.array([10, 11, 12, 13, 99, 14, 15, 16, 17])  # two lines of 4 tokens, break 99
     breaks = ids == 99

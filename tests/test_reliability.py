@@ -9,6 +9,7 @@ provides the checkpoint that the resume tests start from.
 from __future__ import annotations
 
 import csv
+import functools
 import http.server
 import io
 import json
@@ -25,10 +26,11 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.generation import tiny_model, write_ckpt
-from helpers.train import REPO, compose_train, overrides_for
+from helpers.train import REPO, compose_generate, compose_train, overrides_for
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import OmegaConf
 
+import s2s.data.datamodule
 import s2s.pipeline
 from s2s.bundle import load_pretrained, read_pretrained, save_bundle
 from s2s.checkpoint import CheckpointError, read_checkpoint
@@ -45,7 +47,7 @@ from s2s.data.records import RecordError
 from s2s.export import main as export_main
 from s2s.files import remove_stale_tmp_files
 from s2s.model import Seq2SeqTransformer
-from s2s.pipeline import train
+from s2s.pipeline import generate, train
 from s2s.report import log_locations
 from s2s.run_dir import RunDirGuard, check_run_dir, replace_earlier_run
 from s2s.tokenizer import MAX_TRAINING_RUN, Tokenizer, training_pieces
@@ -109,7 +111,9 @@ def test_resume_from_a_url_is_refused_without_fetching(tiny_data, tokenizer, tmp
             requests.append(args)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # a short poll: shutdown() waits up to one interval (0.5 s by default)
+    serve = functools.partial(server.serve_forever, poll_interval=0.02)
+    threading.Thread(target=serve, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/x.ckpt"
         refused(base(tiny_data, tmp_path, f"ckpt_path={url}"), "only local files are read")
@@ -195,6 +199,7 @@ def test_ckpt_path_last_in_a_new_directory_is_an_error(tiny_data, tmp_path):
     refused(base(tiny_data, tmp_path, "ckpt_path=last"), r"ckpt_path=last: no checkpoint at")
 
 
+@pytest.mark.slow  # two training runs
 def test_ckpt_path_last_resumes_the_run_in_place_and_keeps_its_metrics(
     tiny_data,
     trained,
@@ -213,6 +218,7 @@ def test_ckpt_path_last_resumes_the_run_in_place_and_keeps_its_metrics(
 # -- 3. resume uses the checkpoint's tokenizer ---------------------------------------------------
 
 
+@pytest.mark.slow  # a second training run
 def test_resume_with_changed_data_keeps_the_checkpoints_tokenizer(tiny_data, trained, tmp_path):
     ckpt = trained / "checkpoints" / "last.ckpt"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -247,7 +253,7 @@ def test_custom_data_without_files_fails_before_any_model(
         raise AssertionError("a model was built")
 
     monkeypatch.setattr(s2s.pipeline, "Seq2SeqTransformer", no_model)
-    monkeypatch.setattr(s2s.pipeline, "S2SDataModule", no_model)
+    monkeypatch.setattr(s2s.data.datamodule, "S2SDataModule", no_model)
     given = [o.format(train=tiny_data["text_train"]) for o in overrides]
     cfg = compose_train([*given, f"paths.output_dir={tmp_path / 'run'}"])
     assert cfg.data.train_path != str(REPO / "datasets/shakespeare/train.json")
@@ -368,28 +374,20 @@ def test_train_py_into_a_used_run_dir_prints_one_line(trained, tmp_path):
     assert not (trained / ".hydra").exists()
 
 
-def _generate_cfg(*overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        return compose("generate", overrides=list(overrides))
-
-
 def test_generate_never_overwrites_without_overwrite_true(tokenizer, tmp_path):
-    from s2s.cli_generate import run
-
     ckpt = write_ckpt(tmp_path / "m.ckpt", tiny_model(tokenizer.vocab_size), tokenizer)
     prompts = _write(tmp_path / "in.txt", b"How are you?\n")
     out = _write(tmp_path / "out.jsonl", b"precious\n")
     common = [f"ckpt={ckpt}", f"input_file={prompts}", "generate.max_new_tokens=2"]
+    cfg = compose_generate
     with pytest.raises(ValueError, match=r"out\.jsonl exists: .* overwrite=true"):
-        run(_generate_cfg(*common, f"output_file={out}"))
+        generate(cfg(*common, f"output_file={out}"))
     assert out.read_text() == "precious\n"
     for overwrite in ("false", "true"):
         with pytest.raises(ValueError, match="is the input_file"):
-            run(_generate_cfg(*common, f"output_file={prompts}", f"overwrite={overwrite}"))
+            generate(cfg(*common, f"output_file={prompts}", f"overwrite={overwrite}"))
     assert prompts.read_text() == "How are you?\n"
-    run(_generate_cfg(*common, f"output_file={out}", "overwrite=true"), stdout=io.StringIO())
+    generate(cfg(*common, f"output_file={out}", "overwrite=true"), stdout=io.StringIO())
     assert json.loads(out.read_text())["input"] == "How are you?"
 
 
@@ -436,10 +434,10 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tokenizer, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_no_cuda_is_one_line(tiny_data, tokenizer, tmp_path, capsys):
-    from s2s.cli_generate import main
+    from s2s.cli import cli_status
 
     ckpt = write_ckpt(tmp_path / "m.ckpt", tiny_model(tokenizer.vocab_size), tokenizer)
-    assert main(_generate_cfg(f"ckpt={ckpt}", "prompt=hi", "device=cuda")) == 1
+    assert cli_status(generate, compose_generate(f"ckpt={ckpt}", "prompt=hi", "device=cuda")) == 1
     assert capsys.readouterr().err.startswith("error: device=cuda but CUDA is not available")
     line = one_line(capsys, train, base(tiny_data, tmp_path, "trainer=gpu"))
     assert line.startswith("error: trainer.accelerator=gpu but no CUDA GPU is available")
@@ -539,6 +537,7 @@ def test_non_utf8_prompts_name_the_file(tmp_path):
         read_prompts(path)
 
 
+@pytest.mark.slow  # a second training run
 def test_init_from_a_bundle(tiny_data, trained, tmp_path):
     model, tok = load_pretrained(trained / "checkpoints" / "last.ckpt")
     save_bundle(model, tok, tmp_path / "bundle")

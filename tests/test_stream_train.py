@@ -104,6 +104,7 @@ def test_stream_without_directories_is_one_clear_error(tiny_data, tmp_path):
         train(compose_train(overrides))
 
 
+@pytest.mark.slow  # prepares a corpus, then a whole training run
 def test_t5_base_c4_is_nanot5s_recipe_and_runs_on_a_prepared_corpus(
     tiny_data,
     prepared,

@@ -90,6 +90,7 @@ def copy_rows(seen) -> list[bool]:
     return [inputs == labels for _, inputs, labels in seen]
 
 
+@pytest.mark.slow  # a whole training run
 def test_warmup_steps_train_on_random_rows_then_on_the_data(tiny_data, tmp_path, monkeypatch):
     """Steps before copy_warmup.steps see random copy rows; later steps see the data's rows."""
     seen = spy_training_rows(monkeypatch)

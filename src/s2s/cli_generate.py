@@ -1,9 +1,7 @@
-"""What `python generate.py` does: one prompt, an interactive session, or a whole file.
-
-`main(cfg)` turns every expected failure (missing or unsafe checkpoint, incomplete bundle,
-bad dataset file, invalid knob, empty prompt, no CUDA) into one `error: ...` line on stderr and
-exit status 1 (`s2s.cli`); `run(cfg)` is the same without that wrapper, for tests. An existing
-output_file is replaced only with overwrite=true, and never when it is the input_file.
+"""The I/O of `python generate.py` (`s2s.pipeline.generate`): prompts from the command line,
+a file or a terminal; checks of its settings; JSON Lines out, with metrics when the prompts
+have targets. An existing output_file is replaced only with overwrite=true, and never when it
+is the input_file.
 """
 
 from __future__ import annotations
@@ -16,13 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from s2s.cli import cli_status
 from s2s.files import atomic_write
-from s2s.generation.config import GenerationConfig
 from s2s.generation.text import TextGenerator
-from s2s.metrics import METRICS, check_metrics, corpus_scores, format_scores
+from s2s.metrics import METRICS, corpus_scores, format_scores
 
 QUIT = ":q"
 FREE_TEXT_KEYS = ("prompt",)
@@ -34,11 +30,6 @@ class Prompts:
 
     inputs: list[str]
     targets: list[str] | None
-
-
-def main(cfg: DictConfig) -> int:
-    """`run` behind the entry points' error boundary (`s2s.cli`); returns the exit status."""
-    return cli_status(run, cfg)
 
 
 def quote_free_text(argv: Sequence[str]) -> list[str]:
@@ -59,63 +50,6 @@ def quote_free_text(argv: Sequence[str]) -> list[str]:
             arg = f"{key}='{value}'"
         out.append(arg)
     return out
-
-
-def run(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
-    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    if OmegaConf.is_missing(cfg, "ckpt"):
-        raise ValueError("no checkpoint given: python generate.py ckpt=PATH (.ckpt or bundle)")
-    config = GenerationConfig.from_dict(OmegaConf.to_container(cfg.generate, resolve=True))
-    if cfg.prompt is not None and cfg.input_file is not None:
-        raise ValueError("give either prompt= or input_file=, not both")
-    if cfg.prompt is not None and not str(cfg.prompt).strip():
-        raise ValueError("prompt is empty: give some text, e.g. prompt='How <mask> doing?'")
-    if cfg.input_file is not None and cfg.output_file is None:
-        raise ValueError("input_file= needs output_file= (where the JSON Lines go)")
-    if int(cfg.batch_size) < 1:
-        raise ValueError(f"batch_size={cfg.batch_size} must be >= 1")
-    check_device(str(cfg.device))
-    metrics = cfg.get("metrics", list(METRICS))
-    if OmegaConf.is_config(metrics):
-        metrics = OmegaConf.to_container(metrics)
-    metrics = check_metrics(metrics, "metrics")
-    plot = cfg.get("attention_plot")
-    if plot is not None:
-        check_attention_plot(Path(plot), cfg)
-    prompts = read_prompts(Path(cfg.input_file)) if cfg.input_file is not None else None
-    if prompts is not None:
-        check_output_file(Path(cfg.input_file), Path(cfg.output_file), bool(cfg.overwrite))
-
-    from s2s import kernels  # torch and the model: after the cheap checks
-    from s2s.bundle import build_pretrained, read_pretrained
-
-    loaded = read_pretrained(cfg.ckpt, "ckpt")
-    model, tokenizer = build_pretrained(loaded)
-    # unset (null): frame inputs as training did, as far as the checkpoint recorded it
-    framing = loaded.framing
-    generator = TextGenerator(
-        model,
-        tokenizer,
-        config,
-        add_bos=framing.add_bos if cfg.add_bos is None else bool(cfg.add_bos),
-        max_source_length=(
-            framing.max_source_length if cfg.max_source_length is None else cfg.max_source_length
-        ),
-        device=str(cfg.device),
-    )
-    # the weights never change here, so decoding layouts are made once, not once per batch
-    with kernels.decoding_session(model):
-        if cfg.prompt is not None and plot is not None:
-            source, output = generator.token_ids(str(cfg.prompt))
-            print(tokenizer.decode(output), file=stdout)
-            draw_attention(model, tokenizer, source, output, Path(plot))
-        elif cfg.prompt is not None:
-            print(generator([str(cfg.prompt)])[0], file=stdout)
-        elif prompts is not None:
-            output = Path(cfg.output_file)
-            generate_file(generator, prompts, output, int(cfg.batch_size), stdout, metrics)
-        else:
-            interactive(generator, stdin, stdout)
 
 
 def check_device(device: str) -> None:

@@ -1,12 +1,17 @@
-"""train(cfg): what `python train.py` runs, and what tests and sweeps call directly.
+"""The two jobs: train(cfg) and generate(cfg), what `python train.py` and `python generate.py`
+run, and what tests, sweeps and notebooks call directly.
 
-    composed Hydra config -> DataConfig + data module (tokenizer, cached ids)
-                          -> ModelConfig (vocab and special ids from the tokenizer) -> model
-                          -> optimiser / schedule partials -> LightningModule
-                          -> Trainer (s2s.trainer: callbacks, loggers; accumulation from the
-                             global batch)
-                          -> fit -> metrics, report.md (s2s.report)
+train:    composed Hydra config -> DataConfig + data module (tokenizer, cached ids)
+                                -> ModelConfig (vocab and special ids from the tokenizer) -> model
+                                -> optimiser / schedule partials -> LightningModule
+                                -> Trainer (s2s.trainer: callbacks, loggers; accumulation from
+                                   the global batch)
+                                -> fit -> metrics, report.md (s2s.report)
+generate: checkpoint or bundle -> model + tokenizer -> TextGenerator (s2s.generation)
+                               -> one prompt, a file of prompts, or an interactive session
+                                  (the I/O: s2s.cli_generate)
 
+Lightning is imported by train() only: it takes seconds, and generation never needs it.
 `_target_` instantiation happens here and in s2s.trainer only.
 """
 
@@ -15,42 +20,36 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import hydra
-import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from s2s import kernels
-from s2s.bundle import load_weights, read_pretrained
+from s2s.bundle import build_pretrained, load_weights, read_pretrained
 from s2s.checkpoint import CheckpointError, Framing, LoadedCheckpoint, read_checkpoint
 from s2s.config import ModelConfig
 from s2s.data.config import DataConfig
-from s2s.data.datamodule import S2SDataModule
 from s2s.data.objectives import build_objective
 from s2s.data.records import read_records
 from s2s.data.synthetic import CopyWarmup
 from s2s.evaluation.masked_lines import MaskedLine, make_masked_lines
 from s2s.files import atomic_write, remove_stale_tmp_files
-from s2s.lit_module import EvalConfig, Seq2SeqLitModule
-from s2s.metrics import METRICS
+from s2s.metrics import METRICS, check_metrics
 from s2s.model import Seq2SeqTransformer
 from s2s.paths import project_root  # noqa: F401  (registers ${s2s_root:})
-from s2s.report import (
-    config_diff,
-    render,
-    run_facts,
-    summary_lines,
-    write_report,
-)
 from s2s.run_dir import check_run_dir, replace_earlier_run, resolve_ckpt_path
 from s2s.settings import from_mapping, number
 from s2s.tokenizer import Tokenizer
-from s2s.trainer import check_accelerator, make_trainer, peak_tflops
+
+if TYPE_CHECKING:
+    from s2s.data.datamodule import S2SDataModule
+    from s2s.lit_module import EvalConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +64,12 @@ PROBE_DOCUMENTS = 2000  # documents of a prepared val_dir the probe draws its li
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train as the composed config says; return the final metrics and where outputs went."""
+    import lightning as L
+
+    from s2s.data.datamodule import S2SDataModule
+    from s2s.lit_module import EvalConfig, Seq2SeqLitModule
+    from s2s.trainer import check_accelerator, make_trainer, peak_tflops
+
     start = time.perf_counter()
     _one_log_format()
     # Mid-epoch resume is exact here (s2s.resume skips consumed batches): not a concern.
@@ -147,10 +152,81 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             result["best_checkpoint"] = callback.best_model_path
         if callback.last_model_path and Path(callback.last_model_path).is_file():
             result["last_checkpoint"] = callback.last_model_path
+    from s2s.report import run_facts
+
     run = run_facts(result, trainer, module, time.perf_counter() - start)
     if trainer.is_global_zero:
         result["report"] = str(_report(run, cfg))
     return result
+
+
+def generate(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+    """Generate as the composed `conf/generate.yaml` says: for `prompt=`, for every prompt of
+    `input_file=` (JSON Lines to `output_file=`, scored when the file has targets), or
+    interactively from `stdin`. Every setting is checked before the model is loaded."""
+    from s2s.cli_generate import (
+        check_attention_plot,
+        check_device,
+        check_output_file,
+        draw_attention,
+        generate_file,
+        interactive,
+        read_prompts,
+    )
+    from s2s.generation.config import GenerationConfig
+    from s2s.generation.text import TextGenerator
+
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise ValueError("no checkpoint given: python generate.py ckpt=PATH (.ckpt or bundle)")
+    config = GenerationConfig.from_dict(OmegaConf.to_container(cfg.generate, resolve=True))
+    if cfg.prompt is not None and cfg.input_file is not None:
+        raise ValueError("give either prompt= or input_file=, not both")
+    if cfg.prompt is not None and not str(cfg.prompt).strip():
+        raise ValueError("prompt is empty: give some text, e.g. prompt='How <mask> doing?'")
+    if cfg.input_file is not None and cfg.output_file is None:
+        raise ValueError("input_file= needs output_file= (where the JSON Lines go)")
+    if int(cfg.batch_size) < 1:
+        raise ValueError(f"batch_size={cfg.batch_size} must be >= 1")
+    check_device(str(cfg.device))
+    metrics = cfg.get("metrics", list(METRICS))
+    if OmegaConf.is_config(metrics):
+        metrics = OmegaConf.to_container(metrics)
+    metrics = check_metrics(metrics, "metrics")
+    plot = cfg.get("attention_plot")
+    if plot is not None:
+        check_attention_plot(Path(plot), cfg)
+    prompts = read_prompts(Path(cfg.input_file)) if cfg.input_file is not None else None
+    if prompts is not None:
+        check_output_file(Path(cfg.input_file), Path(cfg.output_file), bool(cfg.overwrite))
+
+    loaded = read_pretrained(cfg.ckpt, "ckpt")
+    model, tokenizer = build_pretrained(loaded)
+    # unset (null): frame inputs as training did, as far as the checkpoint recorded it
+    framing = loaded.framing
+    generator = TextGenerator(
+        model,
+        tokenizer,
+        config,
+        add_bos=framing.add_bos if cfg.add_bos is None else bool(cfg.add_bos),
+        max_source_length=(
+            framing.max_source_length if cfg.max_source_length is None else cfg.max_source_length
+        ),
+        device=str(cfg.device),
+    )
+    # the weights never change here, so decoding layouts are made once, not once per batch
+    with kernels.decoding_session(model):
+        if cfg.prompt is not None and plot is not None:
+            source, output = generator.token_ids(str(cfg.prompt))
+            print(tokenizer.decode(output), file=stdout)
+            draw_attention(model, tokenizer, source, output, Path(plot))
+        elif cfg.prompt is not None:
+            print(generator([str(cfg.prompt)])[0], file=stdout)
+        elif prompts is not None:
+            output = Path(cfg.output_file)
+            generate_file(generator, prompts, output, int(cfg.batch_size), stdout, metrics)
+        else:
+            interactive(generator, stdin, stdout)
 
 
 def denoise_lines_for(
@@ -268,6 +344,8 @@ def _save_run_files(
 def _report(run: dict[str, Any], cfg: DictConfig) -> Path:
     """Print the end-of-run summary; write it, the config diff and the validation history to
     report.md in the run directory."""
+    from s2s.report import config_diff, render, summary_lines, write_report
+
     text = render(run, config_diff(cfg))
     path = write_report(Path(run["output_dir"]), text)
     print("\n".join([*summary_lines(run), f"{'report:':16} {path}"]), flush=True)

@@ -84,21 +84,35 @@ def infilling_spans(
     rng: np.random.Generator,
     word_starts: np.ndarray | None = None,
     line_breaks: np.ndarray | None = None,
+    per_line: bool = True,
 ) -> Spans:
     """Sample the infilling spans of a text of `num_tokens` tokens (see the module docstring).
 
     word_starts: (L,) bool, True where a token begins a word; given, whole words are masked.
     line_breaks: (L,) bool, True on tokens holding a line break; given, those tokens are never
-                 masked and each line between them is noised on its own (its own budget, its
-                 own spans), so no span crosses a line break (ours: a masked line break teaches
-                 a short-line denoiser to answer a mask with a new line).
+                 masked, so no span crosses a line break (ours: a masked line break teaches a
+                 short-line denoiser to answer a mask with a new line). per_line=True: each
+                 line between breaks is noised on its own (its own budget, its own spans);
+                 False: the spans are drawn over the whole text as without breaks, then each is
+                 cut at the first break it reaches (a span starting on breaks starts after
+                 them; one holding only breaks is dropped), so slightly fewer tokens are masked.
     """
     if not 0 <= mask_ratio <= 1 or not poisson_lambda > 0:
         raise ValueError(f"need 0 <= mask_ratio={mask_ratio} <= 1 and poisson_lambda > 0")
     if line_breaks is not None:
-        return _spans_per_line(
-            num_tokens, mask_ratio, poisson_lambda, rng, word_starts, line_breaks
+        breaks = np.asarray(line_breaks, dtype=bool)
+        if breaks.shape != (num_tokens,):
+            raise ValueError(f"line_breaks shape {breaks.shape} != ids shape ({num_tokens},)")
+        if per_line:
+            return _spans_per_line(num_tokens, mask_ratio, poisson_lambda, rng, word_starts, breaks)
+        spans = infilling_spans(
+            num_tokens,
+            mask_ratio=mask_ratio,
+            poisson_lambda=poisson_lambda,
+            rng=rng,
+            word_starts=word_starts,
         )
+        return _cut_at_breaks(spans, breaks)
     bounds = None if word_starts is None else _word_bounds(word_starts, num_tokens)
     num_units = num_tokens if bounds is None else len(bounds) - 1
     lengths = _sample_span_lengths(round(mask_ratio * num_units), poisson_lambda, rng)
@@ -119,9 +133,7 @@ def _spans_per_line(
     line_breaks: np.ndarray,
 ) -> Spans:
     """`infilling_spans` run on each maximal run of non-break tokens, offsets added back."""
-    breaks = np.asarray(line_breaks, dtype=bool)
-    if breaks.shape != (num_tokens,):
-        raise ValueError(f"line_breaks shape {breaks.shape} != ids shape ({num_tokens},)")
+    breaks = line_breaks
     edges = np.flatnonzero(np.diff(np.concatenate([[True], breaks, [True]]).astype(np.int8)))
     starts, lengths = [], []
     for begin, end in zip(edges[::2], edges[1::2], strict=True):  # runs [begin, end) of text
@@ -137,6 +149,24 @@ def _spans_per_line(
     if not starts:
         return Spans(starts=np.zeros(0, dtype=np.int64), lengths=np.zeros(0, dtype=np.int64))
     return Spans(starts=np.concatenate(starts), lengths=np.concatenate(lengths))
+
+
+def _cut_at_breaks(spans: Spans, breaks: np.ndarray) -> Spans:
+    """`spans` with the break tokens taken out: each span keeps its text up to the first break
+    after its start; insertions (length 0) stay; a span of breaks only is dropped."""
+    starts, lengths = spans.starts.copy(), spans.lengths.copy()
+    keep = np.ones(len(starts), dtype=bool)
+    for k, (start, length) in enumerate(zip(spans.starts, spans.lengths, strict=True)):
+        if length == 0:
+            continue
+        text = np.flatnonzero(~breaks[start : start + length])
+        if len(text) == 0:
+            keep[k] = False
+            continue
+        starts[k] = start + text[0]
+        stop = np.flatnonzero(breaks[starts[k] : start + length])
+        lengths[k] = stop[0] if len(stop) else start + length - starts[k]
+    return Spans(starts=starts[keep], lengths=lengths[keep])
 
 
 def bart_apply_spans(ids: np.ndarray, spans: Spans, fill_ids: np.ndarray) -> np.ndarray:
@@ -237,6 +267,7 @@ def bart_text_infilling(
     poisson_lambda: float = 3.0,
     word_starts: np.ndarray | None = None,
     line_breaks: np.ndarray | None = None,
+    per_line: bool = True,
     sentence_end_mask: np.ndarray | None = None,
     random_ratio: float = 0.0,
     random_ids: np.ndarray | None = None,
@@ -245,7 +276,9 @@ def bart_text_infilling(
     """BART noise for one text (L,): optional sentence permutation, then text infilling.
 
     word_starts:       (L,) bool; given, whole words are masked and mask_ratio counts words.
-    line_breaks:       (L,) bool; given, no span crosses or masks a line break.
+    line_breaks:       (L,) bool; given, no span crosses or masks a line break; per_line: each
+                       line noised on its own, or spans drawn over the text and cut at breaks
+                       (`infilling_spans`).
     sentence_end_mask: (L,) bool; given, sentences are shuffled first (the target is not).
     random_ratio:      fraction of spans filled with a token drawn uniformly from random_ids
                        (e.g. every non-special id) instead of mask_id.
@@ -272,6 +305,7 @@ def bart_text_infilling(
         rng=rng,
         word_starts=word_starts,
         line_breaks=line_breaks,
+        per_line=per_line,
     )
     fill = _fill_ids(len(spans.starts), mask_id, random_ratio, random_ids, rng)
     noised = bart_apply_spans(source, spans, fill)

@@ -82,7 +82,8 @@ class BartNoiseConfig:
     random_ratio: float = 0.0
     permute_sentences: bool = False
     whole_word: bool = False
-    within_lines: bool = False  # ours: spans never cross or mask a line break
+    within_lines: bool = False  # ours: each line noised on its own, line breaks never masked
+    keep_line_breaks: bool = False  # ours: spans drawn over the row, cut at line breaks
     key_prefix: str = field(default="data.noise", repr=False, compare=False, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -92,7 +93,7 @@ class BartNoiseConfig:
         v = number(f"{p}.random_ratio", self.random_ratio)
         if not 0 <= v <= 1:
             raise ValueError(f"{p}.random_ratio={self.random_ratio!r} must be in [0, 1]")
-        for name in ("permute_sentences", "whole_word", "within_lines"):
+        for name in ("permute_sentences", "whole_word", "within_lines", "keep_line_breaks"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{p}.{name}={getattr(self, name)!r} must be true or false")
 

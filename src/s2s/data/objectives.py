@@ -28,7 +28,8 @@ class BartObjective:
     poisson_lambda: float
     random_ratio: float
     word_start_table: np.ndarray | None  # (V,) bool, for whole-word masking
-    line_break_table: np.ndarray | None  # (V,) bool, for spans within lines
+    line_break_table: np.ndarray | None  # (V,) bool: line breaks are never masked
+    per_line: bool  # with line_break_table: each line noised on its own (else spans are cut)
     sentence_end_table: np.ndarray | None  # (V,) bool, for sentence permutation
     random_ids: np.ndarray | None  # ids a span may be replaced by when random_ratio > 0
 
@@ -42,6 +43,7 @@ class BartObjective:
             poisson_lambda=self.poisson_lambda,
             word_starts=_lookup(self.word_start_table, ids, first=True),
             line_breaks=_lookup(self.line_break_table, ids, first=False),
+            per_line=self.per_line,
             sentence_end_mask=_lookup(self.sentence_end_table, ids, first=False),
             random_ratio=self.random_ratio,
             random_ids=self.random_ids,
@@ -97,7 +99,12 @@ def build_objective(config: DataConfig, tokenizer: Tokenizer) -> Objective:
             poisson_lambda=noise.poisson_lambda,
             random_ratio=noise.random_ratio,
             word_start_table=tokenizer.word_start_table() if noise.whole_word else None,
-            line_break_table=tokenizer.line_break_table() if noise.within_lines else None,
+            line_break_table=(
+                tokenizer.line_break_table()
+                if noise.within_lines or noise.keep_line_breaks
+                else None
+            ),
+            per_line=noise.within_lines,
             sentence_end_table=tokenizer.sentence_end_table() if noise.permute_sentences else None,
             random_ids=np.flatnonzero(~special) if noise.random_ratio > 0 else None,
         )
