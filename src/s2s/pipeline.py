@@ -68,6 +68,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from s2s.data.datamodule import S2SDataModule
     from s2s.lit_module import EvalConfig, Seq2SeqLitModule
+    from s2s.report import run_facts
     from s2s.trainer import check_accelerator, make_trainer, peak_tflops
 
     start = time.perf_counter()
@@ -152,8 +153,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             result["best_checkpoint"] = callback.best_model_path
         if callback.last_model_path and Path(callback.last_model_path).is_file():
             result["last_checkpoint"] = callback.last_model_path
-    from s2s.report import run_facts
-
     run = run_facts(result, trainer, module, time.perf_counter() - start)
     if trainer.is_global_zero:
         result["report"] = str(_report(run, cfg))

@@ -60,12 +60,13 @@ PATH_KEYS = ("data.train_path", "data.val_path", "data.cache_dir", "paths.output
 
 def compose_train(overrides: list[str]) -> DictConfig:
     """`conf/train.yaml` composed with `overrides` (a fresh copy: tests may change it)."""
-    last = {}  # the last value of each path key wins, as in Hydra
+    last, fixed = {}, []  # the last value of each path key wins, as in Hydra
     for override in overrides:
         key, _, value = override.partition("=")
         if key in PATH_KEYS:
             last[key] = value
-    fixed = [o for o in overrides if o.partition("=")[0] not in PATH_KEYS]
+        else:
+            fixed.append(override)
     fixed += [f"{key}={value}" for key, value in last.items() if value in ("", "null")]
     cfg = copy.deepcopy(_compose("train", "1.3", tuple(fixed)))
     for key, value in last.items():  # plain strings, as Hydra's override parser reads a path

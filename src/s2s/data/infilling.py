@@ -130,10 +130,9 @@ def _spans_per_line(
     poisson_lambda: float,
     rng: np.random.Generator,
     word_starts: np.ndarray | None,
-    line_breaks: np.ndarray,
+    breaks: np.ndarray,
 ) -> Spans:
     """`infilling_spans` run on each maximal run of non-break tokens, offsets added back."""
-    breaks = line_breaks
     edges = np.flatnonzero(np.diff(np.concatenate([[True], breaks, [True]]).astype(np.int8)))
     starts, lengths = [], []
     for begin, end in zip(edges[::2], edges[1::2], strict=True):  # runs [begin, end) of text
