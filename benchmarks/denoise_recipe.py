@@ -4,6 +4,7 @@
     python benchmarks/denoise_recipe.py --name lr3e-3 -- optimizer.lr=3e-3
     python benchmarks/denoise_recipe.py --finetune               # + bible_modern fine-tuning
     python benchmarks/denoise_recipe.py --from-ckpt PRE.ckpt     # only fine-tune PRE.ckpt
+    python benchmarks/denoise_recipe.py --name ft3 --from-ckpt PRE.ckpt -- seed=3
 
 Runs `python train.py [OVERRIDES]` as a user would (wall time includes setup), then
 `python -m s2s.evaluate` on the masked-line probe of two held-out texts: the validation plays
@@ -11,6 +12,7 @@ Runs `python train.py [OVERRIDES]` as a user would (wall time includes setup), t
 prose). With --finetune it also runs `experiment=finetune_bible_modern` from the pre-trained
 checkpoint and scores the test books with `generate.py`, next to the copy-the-input baseline.
 Prints one Markdown table row per stage; outputs go under --out (default /tmp/s2s-recipes).
+The overrides go to the pre-training run, or with --from-ckpt (no pre-training) to fine-tuning.
 """
 
 from __future__ import annotations
@@ -68,7 +70,11 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=200, help="masked lines per probe file")
     parser.add_argument("--finetune", action="store_true")
     parser.add_argument("--from-ckpt", type=Path, help="skip pre-training: fine-tune this")
-    parser.add_argument("overrides", nargs="*", help="train.py overrides (after --)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="train.py overrides (after --): pre-training's, or with --from-ckpt fine-tuning's",
+    )
     args = parser.parse_args()
     out = args.out / args.name
     out.mkdir(parents=True, exist_ok=True)
@@ -100,6 +106,7 @@ def main() -> None:
                 f"init_from={ckpt}",
                 f"hydra.run.dir={tuned}",
                 *common,
+                *(args.overrides if args.from_ckpt is not None else []),
             ],
             out / "finetune.log",
         )
