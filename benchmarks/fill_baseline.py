@@ -8,8 +8,8 @@ the probe (`s2s.evaluation.masked_lines`, the same lines and seed as the evaluat
 mask with the word sequence of the masked span's length (an oracle a model never gets) that
 follows the word before the mask and precedes the word after it most often in the training
 text; without such a sequence, the most frequent one after the word before, then before the
-word after, then the most frequent word. Prints a Markdown table: the fill rate overall and by
-span length, and chrF of the filled lines.
+word after, then the most frequent word, repeated. Prints a Markdown table: the fill rate
+overall and by span length, and chrF of the filled lines.
 """
 
 from __future__ import annotations
