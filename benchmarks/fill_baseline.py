@@ -18,15 +18,12 @@ import argparse
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from denoise_recipe import PROBE_FILES, REPO  # the texts the recipe benchmark probes
+
 from s2s.evaluate import texts_of
 from s2s.evaluation.masked_lines import MAX_SPAN_WORDS, MaskedLine, make_masked_lines, score
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "datasets/shakespeare/train.json"
-PROBE_FILES = [
-    REPO / "datasets/shakespeare/validation.json",
-    REPO / "datasets/bible_modern/test.json",
-]
 START, END = "<s>", "</s>"
 
 Context = tuple[str, str, int]  # (word before the span, word after it, span length)
@@ -80,7 +77,7 @@ def filled(line: MaskedLine, span: tuple[str, ...]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("files", nargs="*", type=Path, default=PROBE_FILES)
+    parser.add_argument("files", nargs="*", type=Path, default=list(PROBE_FILES.values()))
     parser.add_argument("--train", type=Path, default=TRAIN, help="the text to count spans in")
     parser.add_argument("--lines", type=int, default=200, help="masked lines per file")
     parser.add_argument("--seed", type=int, default=0, help="the probe's seed (as s2s.evaluate)")
