@@ -246,12 +246,12 @@ def test_reader_opens_shards_lazily_and_pickles_without_descriptors(
         [str(path)], tmp_path / "big", tokenizer=str(tok_file), shard_tokens=512, progress=False
     )
     text = open_prepared(tmp_path / "big").streams["text"]
-    assert len(text.shards) > 10 and not text._fds  # nothing opened until a read
+    assert len(text.shards) > 10 and not len(text.files)  # nothing opened until a read
     doc = text.document(200, trim=2)
     assert tokenizer.decode(doc.tolist()) == corpus[200]
-    assert len(text._fds) == 2  # one .idx and one .bin: not every shard
+    assert len(text.files) == 2  # one .idx and one .bin: not every shard
     clone = pickle.loads(pickle.dumps(text))  # what a DataLoader worker receives
-    assert not clone._fds and clone.document(200, trim=2).tolist() == doc.tolist()
+    assert not len(clone.files) and clone.document(200, trim=2).tolist() == doc.tolist()
 
 
 @pytest.mark.slow  # imports datasets and pyarrow (seconds)

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from s2s.files import new_file_mode, remove_stale_tmp_files
+from s2s.data.handles import OpenFiles
+from s2s.files import atomic_write, remove_stale_tmp_files
 
 FORMAT = "s2s-prepared"
 VERSION = 1
@@ -156,17 +156,9 @@ class ShardWriter:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary that is renamed only once complete."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write `data` to `path` through `s2s.files.atomic_write` (renamed only once complete)."""
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def begin_writing(directory: Path) -> None:
@@ -202,7 +194,8 @@ def read_manifest(directory: str | Path) -> Manifest:
 
 class TokenFile:
     """One stream's shards read as one flat array of ids with `os.pread` (files opened lazily,
-    per process, so a reader pickles into DataLoader workers as paths)."""
+    per process and a bounded number at a time: `s2s.data.handles`, so a reader pickles into
+    DataLoader workers as paths and thousands of shards stay under `ulimit -n`)."""
 
     def __init__(self, directory: Path, shards: list[Shard], dtype: str) -> None:
         self.directory, self.shards, self.dtype = directory, shards, np.dtype(dtype)
@@ -223,11 +216,7 @@ class TokenFile:
                         f"{path}: {path.stat().st_size} bytes, the manifest says {size}: "
                         "the file is truncated or from another run; prepare again"
                     )
-        self._fds: dict[str, int] = {}
-        self._pid = -1
-
-    def __getstate__(self) -> dict:
-        return self.__dict__ | {"_fds": {}, "_pid": -1}
+        self.files = OpenFiles()  # a few descriptors at a time, however many shards
 
     @property
     def tokens(self) -> int:
@@ -268,16 +257,11 @@ class TokenFile:
         return (np.concatenate(parts) if parts else np.zeros(0, np.int64)) - trim
 
     def _pread(self, shard: int, suffix: str, first: int, count: int, dtype: np.dtype):
-        if self._pid != os.getpid():  # a forked worker: its own descriptors
-            self._fds, self._pid = {}, os.getpid()
-        key = self.shards[shard].name + suffix
-        fd = self._fds.get(key)
-        if fd is None:
-            fd = self._fds[key] = os.open(self.directory / key, os.O_RDONLY)
+        path = self.directory / (self.shards[shard].name + suffix)
         size = count * dtype.itemsize
-        data = os.pread(fd, size, first * dtype.itemsize)
+        data = self.files.pread(path, size, first * dtype.itemsize)
         if len(data) != size:
-            raise PreparedError(f"{self.directory / key}: short read (file changed under us?)")
+            raise PreparedError(f"{path}: short read (file changed under us?)")
         return np.frombuffer(data, dtype=dtype)
 
 
