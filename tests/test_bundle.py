@@ -128,7 +128,9 @@ def test_hf_export_loads_in_transformers_with_the_same_logits(tokenizer, tmp_pat
         theirs = hf(input_ids=ids, decoder_input_ids=ids[:, :5]).logits
     assert (theirs - logits(model, ids)).abs().max() < 1e-4
     hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
-    assert hf_tokenizer("To be, or not").input_ids == tokenizer.encode("To be, or not")
+    # framed as the model reads it: the text, then </s> (T5's convention)
+    expected = [*tokenizer.encode("To be, or not"), tokenizer.eos_id]
+    assert hf_tokenizer("To be, or not").input_ids == expected
     assert hf_tokenizer.pad_token_id == tokenizer.pad_id
 
 
@@ -137,7 +139,7 @@ def test_hf_export_of_a_non_t5_config_fails_cleanly(tokenizer, tmp_path, capsys)
     ckpt = write_ckpt(tmp_path / "rotary.ckpt", model, tokenizer)
     assert export_main([str(ckpt), str(tmp_path / "hf"), "--format", "hf"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: to_hf: T5 cannot express")
+    assert len(err) == 1 and err[0].startswith("error: model.positions='rotary': Hugging Face")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rotary.ckpt"]  # nothing left behind
 
 

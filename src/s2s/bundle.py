@@ -42,6 +42,7 @@ from s2s.checkpoint import (
 )
 from s2s.config import ModelConfig
 from s2s.files import new_file_mode
+from s2s.interop.hf_dir import is_hf_directory, read_hf_directory
 from s2s.model.transformer import Seq2SeqTransformer
 from s2s.tokenizer import Tokenizer, TokenizerError
 
@@ -71,9 +72,12 @@ def load_pretrained(path: str | os.PathLike) -> Pretrained:
 
 def build_pretrained(loaded: LoadedCheckpoint) -> Pretrained:
     """The model and tokenizer of what `read_pretrained` read."""
-    model = kernels.install(Seq2SeqTransformer(loaded.config))
-    load_weights(model, loaded.state_dict, loaded.source)
-    return Pretrained(model.eval(), loaded.tokenizer)
+    # built on the meta device, then given the loaded tensors themselves: no random
+    # initialisation to overwrite, no second copy of the weights in memory
+    with torch.device("meta"):
+        model = Seq2SeqTransformer(loaded.config)
+    load_weights(model, loaded.state_dict, loaded.source, assign=True)
+    return Pretrained(kernels.install(model).eval(), loaded.tokenizer)
 
 
 def read_pretrained(path: str | os.PathLike, key: str = "checkpoint") -> LoadedCheckpoint:
@@ -83,6 +87,8 @@ def read_pretrained(path: str | os.PathLike, key: str = "checkpoint") -> LoadedC
     """
     refuse_url(path, key)
     path = Path(path)
+    if path.is_dir() and is_hf_directory(path):
+        return read_hf_directory(path)
     if path.is_dir():
         return read_bundle(path)
     if not path.exists():
@@ -184,12 +190,16 @@ def publish(directory: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return directory
 
 
-def load_weights(model: Seq2SeqTransformer, state: dict[str, torch.Tensor], where: str) -> None:
+def load_weights(
+    model: Seq2SeqTransformer, state: dict[str, torch.Tensor], where: str, assign: bool = False
+) -> None:
     """Load `state` into `model`, strictly: a missing, unexpected or wrongly shaped tensor is a
-    `CheckpointError` naming `where`; only aliases of tied tensors may be absent."""
+    `CheckpointError` naming `where`; only aliases of tied tensors may be absent. `assign`
+    makes the model's parameters the tensors of `state` (for a model built on the meta
+    device)."""
     aliases = _alias_names(model)
     try:
-        result = model.load_state_dict(state, strict=False)
+        result = model.load_state_dict(state, strict=False, assign=assign)
     except RuntimeError as err:  # shape mismatches
         first = str(err).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
@@ -207,9 +217,15 @@ def load_weights(model: Seq2SeqTransformer, state: dict[str, torch.Tensor], wher
 
 
 def _alias_names(model: Seq2SeqTransformer) -> set[str]:
-    """Names of state-dict entries that share storage with an earlier entry."""
-    state = model.state_dict()
-    return set(state) - set(unique_tensors(state))
+    """Names of state-dict entries that are an earlier entry's tensor under another name (by
+    identity, which holds on the meta device too, where every storage address is 0)."""
+    seen: set[int] = set()
+    aliases = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            aliases.add(name)
+        seen.add(id(tensor))
+    return aliases
 
 
 def _framing(text: str, source: str) -> Framing:

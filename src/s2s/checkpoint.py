@@ -15,6 +15,7 @@ URL), and the stored config is checked (`check_loadable`) before any model is bu
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import re
 import zipfile
@@ -40,26 +41,36 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class Framing:
-    """How training framed the model's inputs, so generation can do the same by default.
+    """How the model's inputs and targets are framed, so training and generation agree.
 
-    max_source_length: source tokens (EOS included) inputs were cut to; None: not recorded.
-    add_bos: whether inputs started with <s> (s2s's data never does; BART's did).
+    max_source_length: source tokens (EOS included) inputs are cut to; None: not recorded.
+    add_bos: whether inputs and targets start with <s> (s2s's own data never does; BART's do).
+    forced_bos_token_id: the token generation always emits first (Hugging Face BART's
+        `forced_bos_token_id`); None: none.
+    forced_eos_token_id: the token generation emits when it reaches max_new_tokens
+        (BART's `forced_eos_token_id`); None: none.
     """
 
     max_source_length: int | None = None
     add_bos: bool = False
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_source_length": self.max_source_length, "add_bos": self.add_bos}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: Any, source: str) -> Framing:
-        """Checked: a damaged entry is a CheckpointError naming `source`."""
-        if isinstance(values, dict):
-            length, add_bos = values.get("max_source_length"), values.get("add_bos", False)
+        """Checked: a damaged entry is a CheckpointError naming `source`. Keys missing (files
+        written before they existed) take their defaults."""
+        if isinstance(values, dict) and set(values) <= {f.name for f in dataclasses.fields(cls)}:
+            length = values.get("max_source_length")
+            add_bos = values.get("add_bos", False)
+            forced = [values.get(k) for k in ("forced_bos_token_id", "forced_eos_token_id")]
             length_ok = length is None or (type(length) is int and length >= 2)
-            if length_ok and type(add_bos) is bool:
-                return cls(length, add_bos)
+            forced_ok = all(i is None or (type(i) is int and i >= 0) for i in forced)
+            if length_ok and forced_ok and type(add_bos) is bool:
+                return cls(length, add_bos, *forced)
         raise CheckpointError(f"{source}: damaged s2s framing {values!r}")
 
 
@@ -85,6 +96,7 @@ class LoadedCheckpoint:
     raw: dict[str, Any]  # the whole checkpoint (optimizer state, loops, ...); {} for a bundle
     source: str = ""  # the file the weights came from, for error messages
     framing: Framing = Framing()  # how training framed inputs (defaults where not recorded)
+    origin: str = "s2s"  # "hf": read from a Hugging Face model directory
 
 
 def is_url(path: str | Path) -> bool:

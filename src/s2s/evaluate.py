@@ -7,7 +7,8 @@ For each FILE (a dataset in either record format, or plain text with one line a 
 Input -> Target pairs the Targets are the text) it builds the masked-line probe of
 `s2s.evaluation.masked_lines` (the same lines for the same file and --seed), decodes greedily
 and prints copy rate, fill rate and chrF, with a few examples (--show). CKPT is an s2s `.ckpt`
-or a bundle directory. Problems print one `error: ...` line and exit 1.
+a bundle directory or a Hugging Face T5 / BART directory. Problems print one `error: ...`
+line and exit 1.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def evaluate_files(
     ckpt: str, files: list[str], *, lines: int, seed: int, batch_size: int, show: int
 ) -> dict[str, DenoiseScores]:
     from s2s import kernels  # torch and the model: after the cheap checks
-    from s2s.bundle import load_pretrained
+    from s2s.bundle import build_pretrained, read_pretrained
     from s2s.evaluation.denoise import evaluate_denoising
 
     probes: dict[str, list[MaskedLine]] = {}
@@ -49,12 +50,15 @@ def evaluate_files(
         probes[name] = make_masked_lines(texts_of(Path(name)), lines, seed=seed)
         if not probes[name]:
             raise ValueError(f"{name}: no line of 4-24 words to mask")
-    model, tokenizer = load_pretrained(ckpt)
+    loaded = read_pretrained(ckpt)
+    model, tokenizer = build_pretrained(loaded)
     results: dict[str, DenoiseScores] = {}
     with kernels.decoding_session(model):
         for name, masked in probes.items():
             start = time.perf_counter()
-            scores, outputs = evaluate_denoising(model, tokenizer, masked, batch_size=batch_size)
+            scores, outputs = evaluate_denoising(
+                model, tokenizer, masked, batch_size=batch_size, add_bos=loaded.framing.add_bos
+            )
             results[name] = scores
             print(
                 f"{name}: {scores.lines} lines, copy {scores.copy_rate:.1%}, "
@@ -72,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m s2s.evaluate",
         description="Copy rate, fill rate and chrF of a denoiser on masked held-out lines.",
     )
-    parser.add_argument("ckpt", help="an s2s .ckpt file or a bundle directory")
+    parser.add_argument(
+        "ckpt", help="an s2s .ckpt file, a bundle directory or a Hugging Face model directory"
+    )
     parser.add_argument("files", nargs="+", help="dataset files (JSON/JSONL) or plain text")
     parser.add_argument("--lines", type=int, default=200, help="masked lines per file")
     parser.add_argument("--seed", type=int, default=0, help="which lines and spans (default 0)")

@@ -160,12 +160,22 @@ def _fit(ids: np.ndarray, eos_id: int, max_length: int) -> np.ndarray:
     return with_eos(ids[:-1], eos_id, max_length)
 
 
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(
+    examples: Sequence[Example], pad_id: int, bos_id: int | None = None
+) -> dict[str, torch.Tensor]:
     """Pad a list of examples to the longest in the batch (dynamic padding).
 
+    With `bos_id`, inputs and targets get it in front (BART's `<s> ... </s>` framing of
+    Hugging Face checkpoints; the data module then makes both one token shorter than the
+    configured limits).
     Returns input_ids (B, S) long, attention_mask (B, S) bool (True = real token) and
     labels (B, T) long with IGNORE_INDEX at padded positions.
     """
+    if bos_id is not None:
+        examples = [
+            Example(np.insert(e.input_ids, 0, bos_id), np.insert(e.labels, 0, bos_id))
+            for e in examples
+        ]
     batch = len(examples)
     source_length = max(len(e.input_ids) for e in examples)
     target_length = max(len(e.labels) for e in examples)

@@ -12,7 +12,8 @@ Strategies
 
 Applied to every strategy: `repetition_penalty` (Keskar et al. 2019, CTRL Sec. 4.1),
 `no_repeat_ngram_size` (Paulus et al. 2018, Sec. 2.5), `min_new_tokens` (EOS is forbidden
-before that many tokens), stop at EOS per sequence.
+before that many tokens), forced first / last tokens (Hugging Face BART's framing), stop at
+EOS per sequence.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class GenerationConfig:
     repetition_penalty: > 1 discourages tokens already in the output (1.0 = off).
     no_repeat_ngram_size: forbid repeating any n-gram of this size (0 = off).
     seed: seeds the sampling generator, so the same seed gives the same output.
+    forced_bos_token_id: the first token is always this one (Hugging Face BART's
+        `forced_bos_token_id`); None: off.
+    forced_eos_token_id: the token emitted when max_new_tokens is reached (BART's
+        `forced_eos_token_id`); None: off.
     """
 
     max_new_tokens: int = 64
@@ -58,6 +63,8 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     seed: int = 0
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = None
 
     def __post_init__(self) -> None:
         check_types(self, "generate")
@@ -85,6 +92,9 @@ class GenerationConfig:
             self.no_repeat_ngram_size >= 0,
             f"generate.no_repeat_ngram_size={self.no_repeat_ngram_size} must be >= 0 (0 = off)",
         )
+        for name in ("forced_bos_token_id", "forced_eos_token_id"):
+            value = getattr(self, name)
+            require(value is None or value >= 0, f"generate.{name}={value} must be >= 0 or null")
         # Knobs that only one strategy reads: setting them elsewhere is a mistake, not a no-op.
         if self.strategy != "beam":
             require(

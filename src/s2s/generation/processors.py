@@ -46,6 +46,14 @@ def forbid_eos(scores: Tensor, eos_id: int) -> Tensor:
     return scores
 
 
+def force(scores: Tensor, token_id: int) -> Tensor:
+    """Make `token_id` the only possible token (score 0, every other -inf), as Hugging Face's
+    forced BOS / EOS processors do."""
+    forced = torch.full_like(scores, float("-inf"))
+    forced[:, token_id] = 0.0
+    return forced
+
+
 def process(
     scores: Tensor, history: Tensor, step: int, config: GenerationConfig, eos_id: int
 ) -> Tensor:
@@ -56,4 +64,8 @@ def process(
         scores = no_repeat_ngram(scores, history, config.no_repeat_ngram_size)
     if step < config.min_new_tokens:
         scores = forbid_eos(scores, eos_id)
+    if step == 0 and config.forced_bos_token_id is not None:
+        scores = force(scores, config.forced_bos_token_id)
+    if step == config.max_new_tokens - 1 and config.forced_eos_token_id is not None:
+        scores = force(scores, config.forced_eos_token_id)
     return scores

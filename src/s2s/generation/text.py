@@ -44,6 +44,13 @@ class TextGenerator:
             raise ValueError("add_bos=true but the tokenizer has no <s> token")
         if max_source_length is not None and max_source_length < 2:
             raise ValueError(f"max_source_length={max_source_length} must be >= 2 (or null)")
+        for name in ("forced_bos_token_id", "forced_eos_token_id"):
+            value = getattr(config, name)
+            if value is not None and value >= model.config.vocab_size:
+                raise ValueError(
+                    f"generate.{name}={value} is not a token of the model "
+                    f"(vocab_size {model.config.vocab_size})"
+                )
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.config = config
