@@ -226,9 +226,9 @@ def hf_config_for(config: ModelConfig, extra: dict[str, Any]) -> dict[str, Any]:
     `extra` (special ids, forced tokens) is merged in. Raises HFConfigError listing every
     setting neither can express."""
     if config.positions == "t5_relative":
-        return {**_t5_config(config), **extra}
+        return {**t5_config_for(config), **extra}
     if config.positions == "learned":
-        return {**_bart_config(config), **extra}
+        return {**bart_config_for(config), **extra}
     raise HFConfigError(
         f"model.positions={config.positions!r}: Hugging Face T5 needs t5_relative and BART"
         " learned positions; export this model as a bundle (--format bundle) instead"
@@ -248,7 +248,7 @@ def _raise_if(problems: list[str], family: str) -> None:
         raise HFConfigError(f"Hugging Face {family} cannot express " + "; ".join(problems))
 
 
-def _t5_config(config: ModelConfig) -> dict[str, Any]:
+def t5_config_for(config: ModelConfig) -> dict[str, Any]:
     needs = {**T5_FIXED, "attention_dropout": config.dropout, "activation_dropout": config.dropout}
     problems = _problems(config, needs, "T5")
     if config.gated_ffn and config.activation == "gelu":
@@ -278,7 +278,7 @@ def _t5_config(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-def _bart_config(config: ModelConfig) -> dict[str, Any]:
+def bart_config_for(config: ModelConfig) -> dict[str, Any]:
     needs = {k: v for k, v in BART_FIXED.items() if k != "rotary_cross_attention"}
     problems = _problems(config, needs, "BART")
     if config.head_dim * config.n_heads != config.d_model:

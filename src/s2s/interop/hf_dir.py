@@ -35,7 +35,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import processors
 
 from s2s.checkpoint import CheckpointError, Framing, LoadedCheckpoint, check_loadable
-from s2s.config import ModelConfig
+from s2s.config import ModelConfig, check_size
 from s2s.interop.hf_config import (
     HFConfigError,
     first_id,
@@ -77,37 +77,61 @@ def is_hf_directory(path: str | Path) -> bool:
 
 
 def read_hf_directory(directory: str | Path) -> LoadedCheckpoint:
+    """Model config, tokenizer, framing and weights of an HF directory (no model built)."""
     directory = Path(directory)
+    values, generation, config = _read_config(directory)
+    tokenizer = read_hf_tokenizer(directory)
+    check_loadable(config, tokenizer, str(directory / CONFIG))
+    framing = read_framing(directory, values, generation, tokenizer, values["model_type"])
+    config, state, where = _read_weights(directory, config, values["model_type"], generation)
+    return LoadedCheckpoint(state, config, tokenizer, {}, where, framing, origin="hf")
+
+
+def read_hf_model(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Only the model config and weights (a directory saved without its tokenizer)."""
+    directory = Path(directory)
+    values, generation, config = _read_config(directory)
+    try:
+        check_size(config, str(directory / CONFIG))
+    except ValueError as err:
+        raise HFDirectoryError(str(err)) from None
+    config, state, _ = _read_weights(directory, config, values["model_type"], generation)
+    return config, state
+
+
+def _read_config(directory: Path) -> tuple[dict[str, Any], dict[str, Any], ModelConfig]:
     values = _json(directory / CONFIG)
-    generation = (
-        _json(directory / GENERATION_CONFIG) if (directory / GENERATION_CONFIG).is_file() else {}
-    )
+    generation = {}
+    if (directory / GENERATION_CONFIG).is_file():
+        generation = _json(directory / GENERATION_CONFIG)
     source = str(directory / CONFIG)
     try:
-        kind = model_type_of(values, source)
+        model_type_of(values, source)
         # the size check needs no weights: assume the larger, untied head
         config = model_config_from_hf(values, tied=False, source=source)
     except HFConfigError as err:
         raise HFDirectoryError(str(err)) from None
-    tokenizer = read_hf_tokenizer(directory)
-    check_loadable(config, tokenizer, source)
-    framing = read_framing(directory, values, generation, tokenizer, kind)
+    return values, generation, config
+
+
+def _read_weights(
+    directory: Path, config: ModelConfig, kind: str, generation: dict[str, Any]
+) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
     start = generation.get("decoder_start_token_id")
     with open_weights(directory) as weights:
         tied = _is_tied(weights, kind)
         config = dataclasses.replace(config, tie_embeddings=tied)
         if start is not None:
             config = dataclasses.replace(config, decoder_start_token_id=start)
-        table = weight_table(config, "t5" if kind == "mt5" else kind, tied)
-        shapes = _our_shapes(config)
-        state = ours_from_hf(table, weights.get, shapes, weights.where)
-        unused = sorted(set(weights.names) - {n for e in table for n in e.theirs} - set(IGNORABLE))
-        unused = [n for n in unused if not (tied and n == weights.head)]
+        table = weight_table(config, "bart" if kind == "bart" else "t5", tied)
+        state = ours_from_hf(table, weights.get, _our_shapes(config), weights.where)
+        used = {n for entry in table for n in entry.theirs} | set(IGNORABLE)
+        unused = [n for n in sorted(set(weights.names) - used) if not (tied and n == weights.head)]
     if unused:
         log.warning(
             "%s: %d tensors not used: %s", weights.where, len(unused), ", ".join(unused[:5])
         )
-    return LoadedCheckpoint(state, config, tokenizer, {}, weights.where, framing)
+    return config, state, weights.where
 
 
 def _json(path: Path) -> dict[str, Any]:
