@@ -1,22 +1,29 @@
-"""FSDP with one shard unit per layer (s2s.distributed): the policy, and a real 2-process
-FULL_SHARD forward/backward on CPU (gloo). Lightning's FSDPStrategy itself refuses a CPU
-accelerator, so `trainer=fsdp` is for GPUs; torch's FSDP under it is what is checked here."""
+"""FSDP with one shard unit per layer (s2s.distributed): the policy, a real 2-process
+FULL_SHARD forward/backward on CPU (gloo), the optimiser on sharded parameters (groups by whole
+shape, `adamw_scale`'s whole-tensor RMS, FSDP's own clipping), and `train.py trainer=fsdp_cpu`:
+`trainer=fsdp` through Lightning, on two CPU processes."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers.model import tiny_config
+from helpers.train import compose_train, overrides_for, run_cli
 
 from s2s import kernels
+from s2s.checkpoint import read_checkpoint
 from s2s.distributed import LAYER_UNITS, fsdp_strategy
+from s2s.lit_module import Seq2SeqLitModule
 from s2s.model import Seq2SeqTransformer
+from s2s.optim import adamw, adamw_scale
 
 CONFIG = tiny_config()
 
@@ -98,3 +105,136 @@ def test_fsdp_strategy_wraps_the_layer_classes():
     twins = {type(m) for m in kernels.install(Seq2SeqTransformer(CONFIG)).modules()}
     layer_types = [t for t in twins if issubclass(t, tuple(LAYER_UNITS))]
     assert len(layer_types) == 2  # kernel twins are still the layer classes FSDP looks for
+
+
+class Holder(torch.nn.Module):
+    """What Lightning's root FSDP unit wraps: a LightningModule holding the model."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids):
+        return loss_of(self.model, ids)
+
+
+def _clean(name: str) -> str:
+    return name.replace("_fsdp_wrapped_module.", "")
+
+
+def _optimiser_rank(rank: int, port: int, out: str) -> None:
+    """One optimiser step of `adamw_scale` (weight decay on) after clipping, on FSDP's shards
+    (this rank's half of the batch) and on a plain copy (the whole batch)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    # untied head and biases: the root unit holds a matrix of its own, and 1-D parameters
+    plain = Holder(Seq2SeqTransformer(tiny_config(tie_embeddings=False, attention_bias=True)))
+    sharded = FSDP(
+        copy.deepcopy(plain),
+        auto_wrap_policy=ModuleWrapPolicy(LAYER_UNITS),
+        device_id=torch.device("cpu"),
+        use_orig_params=True,
+    )
+    ids = torch.randint(2, 64, (4, 7), generator=torch.Generator().manual_seed(1))
+    groups = {}
+    for name, module in (("plain", plain), ("sharded", sharded)):
+        names = {id(p): _clean(n) for n, p in module.named_parameters()}
+        groups[name] = [
+            sorted(names[id(p)] for p in g["params"]) for g in adamw(module).param_groups
+        ]
+    ndims = sorted({p.ndim for p in sharded.parameters()})
+    opt_plain = adamw_scale(plain, lr=2e-2, weight_decay=0.1)
+    opt_sharded = adamw_scale(sharded, lr=2e-2, weight_decay=0.1)
+    ((plain(ids[:2]) + plain(ids[2:])) / 2).backward()  # the mean of the two ranks' losses
+    sharded(ids[rank * 2 : rank * 2 + 2]).backward()
+    full_norm = float(torch.nn.utils.clip_grad_norm_(plain.parameters(), float("inf")))
+    clip = full_norm / 2
+    torch.nn.utils.clip_grad_norm_(plain.parameters(), clip)
+    # the LightningModule's hook as Lightning calls it under trainer=fsdp (trainer.model: root)
+    hook_self = SimpleNamespace(_trainer=True, trainer=SimpleNamespace(model=sharded))
+    Seq2SeqLitModule.configure_gradient_clipping(hook_self, opt_sharded, clip, "norm")
+    squares = sum(p.grad.pow(2).sum() for p in sharded.parameters() if p.grad is not None)
+    dist.all_reduce(squares)  # the clipped norm over both ranks' shards
+    opt_plain.step()
+    opt_sharded.step()
+    with FSDP.summon_full_params(sharded):
+        full = {_clean(n): p.detach().clone() for n, p in sharded.named_parameters()}
+    diff = max(float((full[n] - p.detach()).abs().max()) for n, p in plain.named_parameters())
+    if rank == 0:
+        result = {
+            "groups": groups,
+            "ndims": ndims,
+            "full_norm": full_norm,
+            "clip": clip,
+            "clipped_norm": float(squares.sqrt()),
+            "max_diff": diff,
+        }
+        with open(out, "w") as handle:
+            json.dump(result, handle)
+    dist.destroy_process_group()
+
+
+def _spawn(function, tmp_path) -> dict:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "result.json"
+    mp.spawn(function, args=(port, str(out)), nprocs=2, join=True)
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def sharded_step(tmp_path_factory) -> dict:
+    return _spawn(_optimiser_rank, tmp_path_factory.mktemp("fsdp_optimiser"))
+
+
+@pytest.mark.slow  # spawns processes
+def test_param_groups_of_a_wrapped_model_decay_every_matrix(sharded_step):
+    assert sharded_step["ndims"] == [1]  # FSDP's flattened shards: every parameter is 1-D
+    decayed, kept = sharded_step["groups"]["sharded"]
+    assert [decayed, kept] == sharded_step["groups"]["plain"]
+    assert "model.lm_head.weight" in decayed  # in the root unit
+    assert "model.encoder.layers.0.self_attn.qkv.weight" in decayed  # in a layer unit
+    assert len(decayed) == 23  # every matrix but the embedding
+
+
+@pytest.mark.slow  # spawns processes
+def test_fsdp_clipping_bounds_the_norm_over_all_shards(sharded_step):
+    assert sharded_step["full_norm"] > sharded_step["clip"] > 0
+    assert sharded_step["clipped_norm"] == pytest.approx(sharded_step["clip"], rel=1e-5)
+
+
+@pytest.mark.slow  # spawns processes
+def test_adamw_scale_step_on_two_ranks_equals_one_device(sharded_step):
+    # whole-tensor RMS and weight decay on the same matrices as on one device
+    assert sharded_step["max_diff"] < 1e-6
+
+
+@pytest.mark.slow  # two training processes
+def test_train_with_trainer_fsdp_on_two_cpu_processes(tiny_data, tmp_path):
+    """`trainer=fsdp` (its clipping, validation and checkpoints) through Lightning with the
+    s2s LightningModule, as gloo processes; a hang would time out."""
+    overrides = [
+        *overrides_for(tiny_data, tmp_path, "pairs"),
+        "trainer=fsdp_cpu",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+    ]
+    assert compose_train(overrides).trainer.gradient_clip_val == 1.0  # norm clipping is on
+    done = run_cli(overrides, cwd=tmp_path, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = (done.stdout + done.stderr).count("trainer=fsdp: validation computes val/loss")
+    assert said == 1  # once, by rank 0
+    metrics = (tmp_path / "run" / "csv" / "metrics.csv").read_text()
+    assert "val/loss" in metrics and "val/bleu" not in metrics
+    # rank 0 wrote the whole (not sharded) weights
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    model = Seq2SeqTransformer(checkpoint.config)
+    state = checkpoint.state_dict
+    assert {k: v.shape for k, v in state.items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from s2s.checkpoint import S2S_KEY, Framing, metadata
 from s2s.data.examples import IGNORE_INDEX
 from s2s.data.synthetic import CopyWarmup, Noise, copyable_ids, random_copy_batch, warmup_rng
+from s2s.distributed import fsdp_root
 from s2s.evaluation.masked_lines import MaskedLine
 from s2s.metrics import METRICS, check_metrics, corpus_scores
 from s2s.model import Seq2SeqTransformer
@@ -114,6 +115,7 @@ class Seq2SeqLitModule(L.LightningModule):
         self._clock: float | None = None
         self._batch_work: tuple[int, float] = (0, 0.0)  # real tokens, model FLOPs
         self._val_batches: list[dict[str, Tensor]] = []
+        self._said_no_decoding = False  # under FSDP, validation decodes nothing (said once)
 
     # -- loss -------------------------------------------------------------------------------
 
@@ -275,7 +277,7 @@ class Seq2SeqLitModule(L.LightningModule):
                 float(metrics["val/loss"]),
                 float(metrics.get("val/token_acc", float("nan"))),
             )
-        if self.trainer.sanity_checking or not batches:
+        if self.trainer.sanity_checking or not batches or not self._can_decode():
             return
         outputs = self._decode_examples(batches)
         if self.pairs and self.eval_config.generation_examples:
@@ -288,6 +290,21 @@ class Seq2SeqLitModule(L.LightningModule):
         self._write_attention_maps(outputs)
         if self.denoise_lines and self.trainer.is_global_zero:
             self._denoise_probe()
+
+    def _can_decode(self) -> bool:
+        """Whether validation may decode examples: not under FSDP (trainer=fsdp), where this
+        hook sees 1-D parameter shards and greedy decoding would run unequal all-gathers on the
+        ranks (each stops at its own length). Said once per run."""
+        if fsdp_root(self.trainer.model) is None:
+            return True
+        if not self._said_no_decoding and self.trainer.is_global_zero:
+            self._said_no_decoding = True
+            log.info(
+                "trainer=fsdp: validation computes val/loss, val/ppl and val/token_acc only "
+                "(no samples, BLEU / chrF / ROUGE, attention maps or masked-line probe: the "
+                "weights are sharded); evaluate the saved checkpoint for those"
+            )
+        return False
 
     def _denoise_probe(self) -> None:
         """val/copy_rate, val/fill_rate, val/chrf on the masked lines; a few as text."""
@@ -383,12 +400,14 @@ class Seq2SeqLitModule(L.LightningModule):
     # -- optimisation and checkpoints -------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.model)
+        # under FSDP the root unit: it knows the parameters' whole shapes (s2s.optim)
+        model = fsdp_root(self._trainer and self.trainer.model) or self.model
+        optimizer = self.optimizer_factory(model)
         if getattr(optimizer, "_step_supports_amp_scaling", False) and self._clips_under_amp():
             # Lightning refuses to clip gradients for an optimizer that unscales them itself
             # (fused AdamW) under mixed precision, even bf16 where nothing is scaled.
             log.info("mixed precision with gradient clipping: AdamW without its fused kernel")
-            optimizer = self.optimizer_factory(self.model, fused=False)
+            optimizer = self.optimizer_factory(model, fused=False)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
@@ -396,6 +415,17 @@ class Seq2SeqLitModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        root = fsdp_root(self._trainer and self.trainer.model)
+        if root is not None and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
+            # Lightning's FSDP precision plugin refuses norm clipping: FSDP's own takes the norm
+            # over every rank's shard (torch docs, FullyShardedDataParallel.clip_grad_norm_)
+            root.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _clips_under_amp(self) -> bool:
         trainer = self._trainer

@@ -10,8 +10,10 @@ import math
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from s2s.distributed import Shards, shards_of
 from s2s.model.positions import LearnedPositions, RelativePositionBias
 
 ScheduleKind = Literal["cosine", "linear", "inverse_sqrt", "constant"]
@@ -29,6 +31,7 @@ def adamw(
 
     Norm gains, biases and embeddings (incl. position tables) are not decayed: decay pulls
     them towards 0, which for a gain means "switch the layer off", not "simpler model".
+    Under FSDP, pass the root unit (Lightning's `trainer.model`): see `param_groups`.
     """
     groups = param_groups(model, lr, weight_decay)
     decay, no_decay = groups[0]["params"], groups[1]["params"]
@@ -42,7 +45,10 @@ def adamw(
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """[matrices (decayed), everything else (not decayed)], after checking lr and decay."""
+    """[matrices (decayed), everything else (not decayed)], after checking lr and decay.
+
+    A matrix by its whole shape: FSDP (use_orig_params=True) holds every parameter as a 1-D
+    shard, so the shapes come from its units (`s2s.distributed.shards_of`)."""
     if lr <= 0:
         raise ValueError(f"optimizer.lr={lr} must be > 0")
     if weight_decay < 0:
@@ -50,10 +56,12 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]
     decay, no_decay = [], []
     tables = (nn.Embedding, LearnedPositions, RelativePositionBias)  # looked up, not multiplied
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, tables)}
+    shards = shards_of(model)
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or id(param) in embeddings:
+        ndim = len(shards.shape(param)) if shards else param.ndim
+        if ndim < 2 or id(param) in embeddings:
             no_decay.append(param)
         else:
             decay.append(param)
@@ -73,7 +81,9 @@ def adamw_scale(
 ) -> AdamWScale:
     """`AdamWScale` with `adamw`'s parameter groups (nanoT5's `adamwscale` recipe)."""
     groups = param_groups(model, lr, weight_decay)
-    return AdamWScale(groups, lr=lr, betas=tuple(betas), eps=eps, min_scale=min_scale)
+    return AdamWScale(
+        groups, lr=lr, betas=tuple(betas), eps=eps, min_scale=min_scale, shards=shards_of(model)
+    )
 
 
 class AdamWScale(torch.optim.Optimizer):
@@ -83,16 +93,36 @@ class AdamWScale(torch.optim.Optimizer):
     changes every tensor by the same fraction of its own scale, whatever its shape or init, so
     one large learning rate (2e-2 in nanoT5's T5 pre-training, Nawrot 2023) suits them all.
     RMS(W) is floored at `min_scale` so tensors that start at zero can move. Weight decay is
-    decoupled (Loshchilov & Hutter 2019), as in AdamW.
+    decoupled (Loshchilov & Hutter 2019), as in AdamW. Under FSDP (`shards`), RMS(W) is over
+    the whole tensor, not this rank's piece: one all-reduce a step, and the same step as on
+    one device.
     """
 
     def __init__(
-        self, params, lr=2e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, min_scale=1e-3
+        self,
+        params,
+        lr=2e-2,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        min_scale=1e-3,
+        shards: Shards | None = None,
     ) -> None:
         if min_scale <= 0:
             raise ValueError(f"optimizer.min_scale={min_scale} must be > 0")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults | {"min_scale": min_scale})
+        self.shards = shards
+
+    @torch.no_grad()
+    def _rms(self) -> list[torch.Tensor]:
+        """RMS of every parameter of every group (in order), over the whole tensor."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        squares = torch.stack([p.float().pow(2).sum() for p in params])  # (n_params,)
+        if self.shards is not None:  # every rank, same order: the sums over all pieces
+            dist.all_reduce(squares, group=self.shards.group)
+        numel = self.shards.numel if self.shards is not None else torch.Tensor.numel
+        return [(s / max(numel(p), 1)).sqrt() for s, p in zip(squares, params, strict=True)]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -100,9 +130,11 @@ class AdamWScale(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        rms = iter(self._rms())
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for param in group["params"]:
+                param_rms = next(rms)
                 if param.grad is None:
                     continue
                 state = self.state[param]
@@ -117,7 +149,7 @@ class AdamWScale(torch.optim.Optimizer):
                 corrected = state["exp_avg"] / (1 - beta1 ** state["step"])
                 denom = (state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sqrt_()
                 update = corrected / denom.add_(group["eps"])
-                scale = param.float().pow(2).mean().sqrt().clamp_min(group["min_scale"])
+                scale = param_rms.clamp_min(group["min_scale"])
                 if group["weight_decay"]:
                     param.mul_(1 - group["lr"] * group["weight_decay"])
                 param.add_((update * (-group["lr"] * scale)).to(param.dtype))
