@@ -193,14 +193,15 @@ def test_sampler_order_depends_on_epoch_and_batches_group_lengths():
     assert max(spreads) == 9
 
 
-def test_sampler_skips_consumed_batches_once():
+def test_sampler_resumes_at_a_row_of_its_epoch_only():
     s = BucketBatchSampler(np.ones(40), 4, shuffle=True, seed=0)
     full = list(s)
-    s.skip(epoch=0, batches=3)
+    s.resume(epoch=0, row=12)
     assert list(s) == full[3:]
-    assert list(s) == full
-    s.skip(epoch=5, batches=3)  # another epoch's skip does not apply
-    assert list(s) == full
+    assert list(s) == full[3:]  # every pass over the resumed epoch (a worker restart)
+    s.set_epoch(1)
+    epoch_1 = list(s)
+    assert len(epoch_1) == len(full) and epoch_1 != full  # another epoch starts at row 0
 
 
 def test_tokenized_files_are_cached(pair_file, tokenizer, tmp_path, monkeypatch):

@@ -231,7 +231,7 @@ def test_stream_sampler_shards_disjointly_with_equal_counts_and_resumes():
     assert list(ranks[0]) != batches[0]
     resumed = StreamBatchSampler(103, 4, shuffle=True, seed=3, num_replicas=2, rank=0)
     resumed.set_epoch(1)
-    resumed.skip(1, 5)
+    resumed.resume(1, 5 * 4 * 2)  # 5 batches of 4 rows on each of 2 ranks
     assert list(resumed) == list(ranks[0])[5:]
     plain = StreamBatchSampler(10, 4, shuffle=False)
     assert [[i for _, i in b] for b in plain] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

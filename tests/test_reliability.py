@@ -225,7 +225,11 @@ def test_resume_with_changed_data_keeps_the_checkpoints_tokenizer(tiny_data, tra
     dead.wait()
     stale = ckpt.with_name(f"last.ckpt.tmp-{dead.pid}")  # left by a killed save (item 9)
     stale.write_bytes(b"half a checkpoint")
-    cfg = base(tiny_data, tmp_path, f"ckpt_path={ckpt}", "trainer.max_steps=5", kind="pairs")
+    # another corpus under a resume is refused unless forced (s2s.data.position, issue 29)
+    forced = "data.force_resume=true"
+    cfg = base(
+        tiny_data, tmp_path, f"ckpt_path={ckpt}", "trainer.max_steps=5", forced, kind="pairs"
+    )
     train(cfg)
     written = Tokenizer.load(tmp_path / "run" / "tokenizer.json")
     assert written.digest() == read_checkpoint(ckpt).tokenizer.digest()

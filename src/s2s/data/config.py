@@ -45,6 +45,9 @@ class DataConfig:
     batch_size:  GLOBAL batch, in sequences per optimiser step over all devices;
                  `micro_batch_size` (per device, per forward) defaults to batch_size / devices
                  and gradient accumulation makes up the rest.
+    force_resume: resume even when the checkpoint was trained on another corpus or data seed
+                 (its position, a row of the epoch's order, then points into another order);
+                 refused otherwise (s2s.data.position).
     """
 
     train_path: str | None = None
@@ -62,6 +65,7 @@ class DataConfig:
     num_workers: int = 1
     bucket_size: int = 50
     seed: int = 0
+    force_resume: bool = False
     cache_dir: str | None = ".cache/s2s"
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

@@ -28,6 +28,7 @@ from s2s.data.cache import TokenizedFile, fingerprint, tokenize_file
 from s2s.data.config import DataConfig
 from s2s.data.examples import PairDataset, TextDataset, collate, pack, truncate
 from s2s.data.objectives import block_length, build_objective
+from s2s.data.position import DataPosition, resume_point
 from s2s.data.prepared import Documents, PackedBlocks, Prepared, PreparedError, open_prepared
 from s2s.data.records import read_bytes, read_records
 from s2s.data.sampler import BucketBatchSampler, StreamBatchSampler
@@ -47,7 +48,11 @@ class S2SDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self.kinds: dict[str, str] = {}  # split -> "text" | "pairs"
         self.truncated: dict[str, int] = {}
-        self._resume: tuple[int, int] | None = None
+        self._resume: dict | None = None  # a checkpoint's data position (s2s.resume)
+        # (epoch, batches): the trainer's count of the epoch's batches where a resumed pass starts
+        self.resume_start: tuple[int, int] | None = None
+        self.corpus: dict[str, str] = {}  # split -> fingerprint of its rows
+        self.train_sampler: BucketBatchSampler | StreamBatchSampler | None = None
         self._opened: dict[str, Prepared] = {}  # split -> its prepared directory
 
     # -- tokenizer ---------------------------------------------------------------------------
@@ -101,6 +106,10 @@ class S2SDataModule(L.LightningDataModule):
             elif path:
                 tokenized = tokenize_file(path, self.tokenizer, cfg.cache_dir)
                 self.kinds[split] = tokenized.kind
+                parts = [tokenized.inputs.ids, tokenized.inputs.offsets]
+                if tokenized.targets is not None:
+                    parts += [tokenized.targets.ids, tokenized.targets.offsets]
+                self.corpus[split] = self._fingerprint(*(a.tobytes() for a in parts))
                 self.datasets[split] = self._build(split, tokenized)
 
     def _build_streamed(self, split: str) -> Dataset:
@@ -113,6 +122,7 @@ class S2SDataModule(L.LightningDataModule):
             )
         manifest = prepared.manifest
         self.kinds[split] = manifest.kind
+        self.corpus[split] = self._fingerprint(manifest.fingerprint.encode())
         lengths = {"max_source_length": cfg.max_source_length}
         lengths["max_target_length"] = cfg.max_target_length
         if manifest.kind == "pairs":
@@ -135,9 +145,40 @@ class S2SDataModule(L.LightningDataModule):
         docs = Documents(prepared.streams["text"], len(prepared.manifest.separator))
         return [self.tokenizer.decode(docs[i].tolist()) for i in range(min(limit, len(docs)))]
 
-    def resume_from(self, epoch: int, batches_done: int) -> None:
-        """Skip the training batches of `epoch` that a resumed checkpoint already consumed."""
-        self._resume = (epoch, batches_done)
+    def _fingerprint(self, *parts: bytes) -> str:
+        """The rows' identity: their source, and the settings that cut it into rows."""
+        cfg = self.config
+        shape = (cfg.pack, block_length(cfg), cfg.min_row_length, cfg.max_source_length)
+        return fingerprint(*parts, repr(shape).encode())
+
+    def resume_from(self, state: dict) -> None:
+        """Start training where a checkpoint's data position (`s2s.data.position`) says."""
+        self._resume = state
+
+    def data_position(self, epoch: int, batches: int) -> dict:
+        """The checkpoint's record of where training is: rows of `epoch`'s order consumed
+        once every rank finished `batches` of it, and the split and corpus behind them."""
+        sampler, trainer = self.train_sampler, self.trainer
+        if sampler is not None and sampler.epoch == epoch:
+            rows = sampler.rows_done(batches)
+        else:  # the epoch's pass has not begun
+            rows = min(
+                len(self.datasets["train"]), batches * self.micro_batch_size * trainer.world_size
+            )
+        return self._position(epoch, rows, trainer).state(batches)
+
+    def _position(self, epoch: int, rows: int, trainer) -> DataPosition:
+        return DataPosition(
+            epoch=epoch,
+            rows=rows,
+            global_batch=self.config.batch_size,
+            micro_batch_size=self.micro_batch_size,
+            accumulation=trainer.accumulate_grad_batches,
+            world_size=trainer.world_size,
+            seed=self.config.seed,
+            corpus=self.corpus["train"],
+            num_rows=len(self.datasets["train"]),
+        )
 
     def _build(self, split: str, tokenized: TokenizedFile) -> Dataset:
         cfg, tok = self.config, self.tokenizer
@@ -212,6 +253,8 @@ class S2SDataModule(L.LightningDataModule):
             "num_replicas": trainer.world_size if trainer else 1,
             "rank": trainer.global_rank if trainer else 0,
         }
+        if split == "train":  # the order of in-memory rows is cut into global batches
+            shard["global_batch_size"] = self.config.batch_size
         if isinstance(getattr(dataset, "rows", None), PackedBlocks):  # full blocks: no buckets
             sampler = StreamBatchSampler(
                 len(dataset), self.micro_batch_size, shuffle=shuffle, seed=self.config.seed, **shard
@@ -225,9 +268,15 @@ class S2SDataModule(L.LightningDataModule):
                 bucket_size=self.config.bucket_size,
                 **shard,
             )
-        if split == "train" and self._resume is not None:
-            sampler.skip(*self._resume)
-            self._resume = None
+        if split == "train":
+            self.train_sampler = sampler
+            if self._resume is not None:
+                now = self._position(0, 0, trainer)
+                start = resume_point(self._resume, now, force=self.config.force_resume)
+                sampler.resume(start.epoch, start.row, start.global_batch)
+                sampler.set_epoch(start.epoch)
+                self.resume_start = (start.epoch, len(sampler) - sampler.remaining())
+                self._resume = None
         workers = self.config.num_workers
         return DataLoader(
             dataset,

@@ -1,15 +1,22 @@
 """Epoch-seeded, DDP-sharded batch samplers: length-bucketed (in-memory data) and streamed.
 
-Each epoch: shuffle all rows with a generator seeded by (seed, epoch); cut the order into
-buckets of `bucket_size` batches; sort each bucket by length (so a batch holds rows of similar
-length and little padding); cut buckets into batches; shuffle the batches; give rank r the
-batches r, r + W, r + 2W, ... (W = world size). Every rank computes the same global order, so
-ranks see disjoint data with no communication, and every rank gets the same number of batches
-(DDP needs that: the last few are filled by wrapping around).
+Each epoch has an ORDER: every row once, in an order seeded by (seed, epoch). Micro-batch j is
+positions [j*m, (j+1)*m) of it (m = micro-batch size) and goes to rank j % W (W = world size),
+so an optimiser step (W ranks x `accumulation` micro-batches) consumes positions
+[s*B, (s+1)*B) with B the global batch, however B is split into micro-batches, accumulation
+and devices. That makes a data position one number, the rows of the order consumed
+(`s2s.data.position`), and a resume with another split the same rows in the same steps. Every
+rank computes the same order, so ranks see disjoint data with no communication, and every rank
+gets the same number of batches (DDP needs that: the last few wrap around to the epoch's start).
 
-`StreamBatchSampler` is the same contract for corpora too large for an O(rows) order: all rows
-are full-length blocks, so there is nothing to bucket, and the epoch's order is a keyed
-pseudo-random permutation computed one batch at a time (`s2s.data.permutation`).
+- `BucketBatchSampler` (in-memory data): shuffle all rows; cut the order into buckets of
+  `bucket_size` global batches; sort each bucket by length (so a batch holds rows of similar
+  length and little padding); cut buckets into global batches; shuffle those (a short last one
+  stays last). The order depends on B, so a resume after B changed keeps the checkpoint's B
+  for the rest of that epoch.
+- `StreamBatchSampler` (corpora too large for an O(rows) order): all rows are full-length
+  blocks, so there is nothing to bucket, and the order is a keyed pseudo-random permutation
+  computed one batch at a time (`s2s.data.permutation`), the same for every B.
 
 The samplers yield lists of keys (epoch, index): the dataset seeds each item's noise from them.
 Lightning calls `set_epoch` at the start of every epoch, on `loader.batch_sampler.sampler`
@@ -28,46 +35,81 @@ from s2s.data.permutation import permuted
 
 
 class _EpochBatchSampler(Sampler[list[tuple[int, int]]]):
-    """What both samplers share: epochs, rank sharding with equal counts, skip-to-resume.
+    """What both samplers share: epochs, rank sharding with equal counts, resume at a row.
 
-    Subclasses say how many global batches an epoch has and what global batch g holds.
+    Subclasses say how many rows an epoch has and which rows sit at positions [start, stop)
+    of its order.
     """
 
-    def __init__(self, batch_size: int, *, seed: int, num_replicas: int, rank: int) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        num_replicas: int,
+        rank: int,
+        global_batch_size: int | None = None,
+    ) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
         self.batch_size, self.seed = batch_size, seed
         self.num_replicas, self.rank = num_replicas, rank
+        # rows per optimiser step; only the bucketed order depends on it
+        self.global_batch_size = global_batch_size or batch_size * num_replicas
         self.epoch = 0
         self.sampler = _EpochHandle(self)  # where Lightning looks for set_epoch
-        self._skip: tuple[int, int] | None = None  # (epoch, batches) consumed before a resume
+        self._start: tuple[int, int, int] | None = None  # (epoch, row, order's global batch)
+
+    @property
+    def num_rows(self) -> int:
+        raise NotImplementedError
+
+    def rows_at(self, start: int, stop: int, global_batch_size: int) -> np.ndarray:
+        """Row indices at positions [start, stop) of the current epoch's order."""
+        raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def skip(self, epoch: int, batches: int) -> None:
-        """On the next pass over `epoch`, leave out its first `batches` batches (resume)."""
-        self._skip = (epoch, batches)
+    def resume(self, epoch: int, row: int, global_batch_size: int | None = None) -> None:
+        """Start every pass over `epoch` at position `row` of its order (cut with
+        `global_batch_size`, default this sampler's), rows before it already consumed."""
+        row = min(max(row, 0), self.num_rows)
+        self._start = (epoch, row, global_batch_size or self.global_batch_size)
 
-    def global_batch_count(self) -> int:
-        raise NotImplementedError
-
-    def global_batch(self, g: int) -> np.ndarray:
-        """Row indices of global batch g of the current epoch."""
-        raise NotImplementedError
+    def _pass(self) -> tuple[int, int]:
+        """(first position, order's global batch) of the current epoch's pass."""
+        if self._start is not None and self._start[0] == self.epoch:
+            return self._start[1], self._start[2]
+        return 0, self.global_batch_size
 
     def __len__(self) -> int:
-        return math.ceil(self.global_batch_count() / self.num_replicas)
+        """Batches a rank gets in a whole epoch (the same on every rank)."""
+        return math.ceil(math.ceil(self.num_rows / self.batch_size) / self.num_replicas)
+
+    def remaining(self) -> int:
+        """Batches this rank gets in the current epoch's pass, from its first position on."""
+        first, _ = self._pass()
+        return math.ceil(math.ceil((self.num_rows - first) / self.batch_size) / self.num_replicas)
+
+    def rows_done(self, batches: int) -> int:
+        """Rows of the current epoch's order consumed over all ranks once each rank finished
+        `batches` of the epoch's `len(self)` (a resumed pass counts from len - remaining)."""
+        first, _ = self._pass()
+        done = max(batches - (len(self) - self.remaining()), 0)
+        return min(self.num_rows, first + done * self.batch_size * self.num_replicas)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        total, per_rank = self.global_batch_count(), len(self)
-        skip = 0
-        if self._skip is not None and self._skip[0] == self.epoch:
-            skip, self._skip = self._skip[1], None
-        for k in range(skip, per_rank):
-            # Rank r takes global batches r, r + W, ...; the last few wrap around to batch 0.
-            batch = self.global_batch((self.rank + k * self.num_replicas) % total)
-            yield [(self.epoch, int(i)) for i in batch]
+        first, order_batch = self._pass()
+        m, n = self.batch_size, self.num_rows
+        total, whole = math.ceil((n - first) / m), math.ceil(n / m)
+        for k in range(self.remaining()):
+            # Rank r takes micro-batches r, r + W, ... of the pass; the last few wrap around to
+            # the start of the epoch, so every rank gets as many.
+            j = self.rank + k * self.num_replicas
+            start = first + j * m if j < total else ((j - total) % whole) * m
+            rows = self.rows_at(start, min(start + m, n), order_batch)
+            yield [(self.epoch, int(i)) for i in rows]
 
 
 class BucketBatchSampler(_EpochBatchSampler):
@@ -81,34 +123,45 @@ class BucketBatchSampler(_EpochBatchSampler):
         bucket_size: int = 50,
         num_replicas: int = 1,
         rank: int = 0,
+        global_batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size, seed=seed, num_replicas=num_replicas, rank=rank)
+        super().__init__(
+            batch_size,
+            seed=seed,
+            num_replicas=num_replicas,
+            rank=rank,
+            global_batch_size=global_batch_size,
+        )
         self.lengths = np.asarray(lengths)
         self.shuffle, self.bucket_size = shuffle, bucket_size
-        self._batches: tuple[int, list[np.ndarray]] | None = None  # (epoch, its batches)
+        self._order: tuple[tuple[int, int], np.ndarray] | None = None  # (epoch, B) -> order
 
-    def global_batches(self) -> list[np.ndarray]:
-        """Every batch of this epoch, over all ranks, in order (row indices)."""
-        n = len(self.lengths)
+    @property
+    def num_rows(self) -> int:
+        return len(self.lengths)
+
+    def order(self, global_batch_size: int) -> np.ndarray:
+        """(rows,) every row of this epoch once: length-sorted buckets cut into global batches
+        of `global_batch_size` rows, those shuffled (a short last one kept last)."""
+        n, batch = len(self.lengths), global_batch_size
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(n) if self.shuffle else np.arange(n)
-        step = self.batch_size * self.bucket_size
-        batches: list[np.ndarray] = []
+        step = batch * self.bucket_size
         for start in range(0, n, step):
             bucket = order[start : start + step]
-            bucket = bucket[np.argsort(-self.lengths[bucket], kind="stable")]  # longest first
-            batches.extend(np.array_split(bucket, math.ceil(len(bucket) / self.batch_size)))
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches
+            # longest first
+            order[start : start + step] = bucket[np.argsort(-self.lengths[bucket], kind="stable")]
+        full = n // batch
+        if self.shuffle and full:
+            batches = order[: full * batch].reshape(full, batch)  # (full batches, B)
+            order[: full * batch] = batches[rng.permutation(full)].reshape(-1)
+        return order
 
-    def global_batch_count(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-    def global_batch(self, g: int) -> np.ndarray:
-        if self._batches is None or self._batches[0] != self.epoch:
-            self._batches = (self.epoch, self.global_batches())
-        return self._batches[1][g]
+    def rows_at(self, start: int, stop: int, global_batch_size: int) -> np.ndarray:
+        key = (self.epoch, global_batch_size)
+        if self._order is None or self._order[0] != key:
+            self._order = (key, self.order(global_batch_size))
+        return self._order[1][start:stop]
 
 
 class StreamBatchSampler(_EpochBatchSampler):
@@ -124,17 +177,23 @@ class StreamBatchSampler(_EpochBatchSampler):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        global_batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size, seed=seed, num_replicas=num_replicas, rank=rank)
-        self.num_rows, self.shuffle = num_rows, shuffle
-
-    def global_batch_count(self) -> int:
-        return math.ceil(self.num_rows / self.batch_size)
-
-    def global_batch(self, g: int) -> np.ndarray:
-        positions = np.arange(
-            g * self.batch_size, min((g + 1) * self.batch_size, self.num_rows), dtype=np.int64
+        super().__init__(
+            batch_size,
+            seed=seed,
+            num_replicas=num_replicas,
+            rank=rank,
+            global_batch_size=global_batch_size,
         )
+        self._num_rows, self.shuffle = num_rows, shuffle
+
+    @property
+    def num_rows(self) -> int:
+        return self._num_rows
+
+    def rows_at(self, start: int, stop: int, global_batch_size: int) -> np.ndarray:
+        positions = np.arange(start, stop, dtype=np.int64)
         if not self.shuffle:
             return positions
         return permuted(positions, self.num_rows, key=(self.seed, self.epoch))
