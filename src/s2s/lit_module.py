@@ -310,7 +310,12 @@ class Seq2SeqLitModule(L.LightningModule):
         """val/copy_rate, val/fill_rate, val/chrf on the masked lines; a few as text."""
         from s2s.evaluation.denoise import evaluate_denoising
 
-        scores, outputs = evaluate_denoising(self.model, self.tokenizer, self.denoise_lines)
+        scores, outputs = evaluate_denoising(
+            self.model,
+            self.tokenizer,
+            self.denoise_lines,
+            add_bos=self.framing is not None and self.framing.add_bos,
+        )
         self.log("val/copy_rate", scores.copy_rate, rank_zero_only=True)
         self.log("val/fill_rate", scores.fill_rate, rank_zero_only=True)
         self.log("val/chrf", scores.chrf, rank_zero_only=True)

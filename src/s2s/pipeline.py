@@ -49,6 +49,7 @@ from s2s.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from s2s.data.datamodule import S2SDataModule
+    from s2s.generation.config import GenerationConfig
     from s2s.lit_module import EvalConfig
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resumed = _read_resume_checkpoint(ckpt_path) if ckpt_path else None
     pretrained = read_pretrained(cfg.init_from, "init_from") if cfg.get("init_from") else None
     source = resumed or pretrained
-    datamodule = S2SDataModule(data_config, source.tokenizer if source else None)
+    framing = source.framing if source is not None else Framing()
+    if pretrained is not None and pretrained.origin == "hf":
+        data_config = within_positions(data_config, pretrained.config)
+    datamodule = S2SDataModule(
+        data_config, source.tokenizer if source else None, add_bos=framing.add_bos
+    )
     tokenizer = datamodule.tokenizer
-    model_config = model_config_for(cfg, tokenizer)
+    if pretrained is not None and pretrained.origin == "hf":
+        # a Hugging Face model is its own architecture: no preset describes it
+        model_config = pretrained.config
+        log.info("init_from=%s: the model is the directory's (model=... not used)", cfg.init_from)
+    else:
+        model_config = model_config_for(cfg, tokenizer)
     if resumed is not None:
         check_same_architecture(model_config, resumed.config, f"ckpt_path={ckpt_path}")
     if pretrained is not None:
@@ -135,7 +146,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         warmup_noise=build_objective(data_config, tokenizer) if copy_warmup.steps else None,
         seed=int(cfg.seed),
         peak_tflops=peak_tflops(cfg.trainer),
-        framing=Framing(max_source_length=data_config.max_source_length, add_bos=False),
+        framing=dataclasses.replace(framing, max_source_length=data_config.max_source_length),
         compile=bool(cfg.get("compile", False)),
         label_smoothing=number(
             "loss.label_smoothing", cfg.get("loss", {}).get("label_smoothing", 0.0)
@@ -206,7 +217,7 @@ def generate(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None
     generator = TextGenerator(
         model,
         tokenizer,
-        config,
+        with_forced_tokens(config, framing),
         add_bos=framing.add_bos if cfg.add_bos is None else bool(cfg.add_bos),
         max_source_length=(
             framing.max_source_length if cfg.max_source_length is None else cfg.max_source_length
@@ -226,6 +237,35 @@ def generate(cfg: DictConfig, stdin: TextIO | None = None, stdout: TextIO | None
             generate_file(generator, prompts, output, int(cfg.batch_size), stdout, metrics)
         else:
             interactive(generator, stdin, stdout)
+
+
+def within_positions(data: DataConfig, model: ModelConfig) -> DataConfig:
+    """`data` with its lengths cut to a learned position table's size (a pre-trained BART
+    reads at most `max_positions` tokens), saying so."""
+    if model.positions != "learned":
+        return data
+    cut = {
+        name: model.max_positions
+        for name in ("max_source_length", "max_target_length")
+        if getattr(data, name) > model.max_positions
+    }
+    for name in cut:
+        log.warning(
+            "data.%s=%d is over the model's %d positions: cut to %d",
+            name, getattr(data, name), model.max_positions, model.max_positions,
+        )  # fmt: skip
+    return dataclasses.replace(data, **cut) if cut else data
+
+
+def with_forced_tokens(config: GenerationConfig, framing: Framing) -> GenerationConfig:
+    """`config` with the forced first / last tokens the checkpoint records where it leaves
+    them unset (null)."""
+    forced = {
+        name: getattr(framing, name)
+        for name in ("forced_bos_token_id", "forced_eos_token_id")
+        if getattr(config, name) is None
+    }
+    return dataclasses.replace(config, **forced)
 
 
 def denoise_lines_for(

@@ -126,7 +126,15 @@ def make_t5_dir(directory: Path, version: str = "v1.1", **shape) -> Path:
     model = T5ForConditionalGeneration(config)
     if version == "v1.1":  # released v1.1 checkpoints store a head apart from the embedding
         model.lm_head.weight = nn.Parameter(torch.randn(model.lm_head.weight.shape) * 0.05)
-    jitter(model, seed=1).eval().save_pretrained(directory)
+    jitter(model, seed=1)
+    with torch.no_grad():
+        # a random head tends to repeat <pad>, </s>, a sentinel or the rows past the
+        # tokenizer's last id (all decoded as nothing): make them rarer, so outputs differ
+        size = tokenizer.get_vocab_size()
+        model.lm_head.weight[:3].mul_(0.1)
+        model.lm_head.weight[size - T5_SENTINELS : size].mul_(0.1)
+        model.lm_head.weight[size:].zero_()
+    model.eval().save_pretrained(directory)
     save_tokenizer(tokenizer, directory, "t5", max_length=48)
     return directory
 

@@ -16,6 +16,7 @@ used as they are. Validation noise is fixed, so validation loss compares across 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from functools import partial
 from pathlib import Path
@@ -40,8 +41,19 @@ VALIDATION_EPOCH = 2**32 - 1  # the fixed noise "epoch" of validation and test d
 
 
 class S2SDataModule(L.LightningDataModule):
-    def __init__(self, config: DataConfig, tokenizer: Tokenizer | None = None) -> None:
+    def __init__(
+        self, config: DataConfig, tokenizer: Tokenizer | None = None, add_bos: bool = False
+    ) -> None:
+        """`add_bos`: inputs and targets start with <s> (the framing of Hugging Face BART
+        models); rows are then cut one token shorter than the configured lengths."""
         super().__init__()
+        self.add_bos = add_bos
+        if add_bos:
+            config = dataclasses.replace(
+                config,
+                max_source_length=config.max_source_length - 1,
+                max_target_length=config.max_target_length - 1,
+            )
         self.config = config
         self._tokenizer = tokenizer
         self.micro_batch_size = config.micro_batch_size or config.batch_size
@@ -281,7 +293,11 @@ class S2SDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=partial(collate, pad_id=self.tokenizer.pad_id),
+            collate_fn=partial(
+                collate,
+                pad_id=self.tokenizer.pad_id,
+                bos_id=self.tokenizer.bos_id if self.add_bos else None,
+            ),
             num_workers=workers,
             persistent_workers=workers > 0,
         )
