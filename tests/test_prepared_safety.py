@@ -6,12 +6,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import s2s.prepare
+from s2s.data.prepared import open_prepared
+from s2s.data.records import RecordError
+from s2s.data.writing import STAGING
 from s2s.prepare import prepare
 
 WORDS = ["the", "of", "and", "to", "a", "in", "that", "is", "was", "he", "for", "it", "with"]
@@ -70,3 +75,78 @@ def test_thousands_of_shards_read_under_ulimit_256(tokenizer, tok_file, tmp_path
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["3000", expected.hexdigest()]
+
+
+def files_of(directory) -> dict[str, bytes]:
+    """Every file of a prepared directory (its staging area aside), by name."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and STAGING not in p.parts
+    }
+
+
+def test_a_re_prepare_with_a_bad_record_leaves_the_old_dataset_unchanged(tok_file, tmp_path):
+    good = jsonl(tmp_path / "good.jsonl", texts(400))
+    out = tmp_path / "prepared"
+    manifest = prepare([str(good)], out, tokenizer=str(tok_file), shard_tokens=300, progress=False)
+    before = files_of(out)
+    assert len(manifest.shards["text"]) > 3
+    bad = tmp_path / "more.jsonl"
+    bad.write_text(jsonl(tmp_path / "x.jsonl", texts(900, seed=1)).read_text() + '{"Txet": 1}\n')
+    with pytest.raises(RecordError, match=r"more.jsonl: line 901: no text field"):
+        prepare([str(good), str(bad)], out, tokenizer=str(tok_file), shard_tokens=300)
+    assert files_of(out) == before  # every shard, the tokenizer and the manifest
+    assert open_prepared(out).manifest == manifest
+    # without the bad record it is prepared, and nothing of the failed run is left
+    bad.write_text(jsonl(tmp_path / "x.jsonl", texts(900, seed=1)).read_text())
+    again = prepare([str(good), str(bad)], out, tokenizer=str(tok_file), shard_tokens=300)
+    assert again.documents == 1300 and open_prepared(out).manifest == again
+    assert not (out / STAGING).exists()
+    assert {p.name for p in out.iterdir()} == {"manifest.json", "tokenizer.json"} | {
+        f"{s.name}{suffix}" for s in again.shards["text"] for suffix in (".bin", ".idx")
+    }
+
+
+# A prepare that kills itself with SIGKILL once it has written shard number argv[4].
+KILLED_PREPARE = """
+import os, signal, sys
+from s2s.data import writing
+import s2s.prepare
+from s2s.data.prepared import open_prepared
+from s2s.data.records import RecordError
+from s2s.data.writing import STAGING
+from s2s.prepare import prepare
+flush = writing.ShardWriter._flush
+def flush_then_die(self):
+    flush(self)
+    if len(self.shards) == int(sys.argv[4]):
+        os.kill(os.getpid(), signal.SIGKILL)
+writing.ShardWriter._flush = flush_then_die
+prepare([sys.argv[1]], sys.argv[2], tokenizer=sys.argv[3], shard_tokens=400, progress=False)
+"""
+
+
+def test_a_killed_prepare_is_resumed_with_its_finished_shards(tok_file, tmp_path, monkeypatch):
+    corpus = jsonl(tmp_path / "corpus.jsonl", texts(2000, seed=2))  # 4 chunks of 512 documents
+    reference = prepare(
+        [str(corpus)], tmp_path / "reference", tokenizer=str(tok_file), shard_tokens=400
+    )
+    half = len(reference.shards["text"]) // 2
+    assert half > 10
+    out = tmp_path / "prepared"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_PREPARE, str(corpus), str(out), str(tok_file), str(half)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "manifest.json").exists() and (out / STAGING / "progress.json").is_file()
+    encoded = []
+    encode = s2s.prepare._encode_chunk
+    monkeypatch.setattr(s2s.prepare, "_encode_chunk", lambda c: encoded.append(len(c)) or encode(c))
+    resumed = prepare([str(corpus)], out, tokenizer=str(tok_file), shard_tokens=400)
+    assert 0 < sum(encoded) < 2000  # the finished shards' documents were not tokenised again
+    assert resumed == reference
+    assert files_of(out) == files_of(tmp_path / "reference")  # the same bytes

@@ -9,7 +9,9 @@ Hugging Face folders or hub names), tokenises them in worker processes, and writ
 prepared format (`s2s.data.prepared`: shards, tokenizer, manifest). Without --tokenizer a BPE
 tokenizer is trained on the first --sample-documents documents; --tokenizer takes a
 tokenizer.json or another prepared directory (validation data must share the training
-tokenizer). Running again on unchanged inputs and settings does nothing.
+tokenizer). Running again on unchanged inputs and settings does nothing; a failed or killed run
+leaves the dataset already in the output as it was, and a killed one is resumed
+(`s2s.data.writing`).
 """
 
 from __future__ import annotations
@@ -35,13 +37,12 @@ from s2s.data.prepared import (
     TOKENIZER,
     Manifest,
     PreparedError,
-    ShardWriter,
-    begin_writing,
-    finish_writing,
+    Shard,
     open_prepared,
     sha256_file,
 )
 from s2s.data.sources import Document, Source, documents, expand
+from s2s.data.writing import STAGING, ShardWriter, Staging, publish
 from s2s.tokenizer import Tokenizer, TokenizerConfig
 
 log = logging.getLogger("s2s.prepare")
@@ -62,7 +63,11 @@ def prepare(
     text_field: str | None = None,
     progress: bool = True,
 ) -> Manifest:
-    """Write the prepared dataset of `inputs` to `output` (or find it up to date); its manifest."""
+    """Write the prepared dataset of `inputs` to `output` (or find it up to date); its manifest.
+
+    Written into `output/.staging` and swapped in when complete (`s2s.data.writing`): a bad
+    record or a kill leaves the dataset already in `output` as it was, and a run killed with
+    the same inputs and settings is resumed (its finished shards checked and reused)."""
     output = Path(output)
     sources = expand(list(inputs))
     settings = {
@@ -71,6 +76,8 @@ def prepare(
         "text_field": text_field,
     }
     fingerprint = _fingerprint([s.signature() for s in sources], settings)
+    if (output / STAGING / MANIFEST).is_file():  # a run killed while swapping its data in
+        publish(output)
     if (output / MANIFEST).is_file():
         try:
             current = open_prepared(output)
@@ -79,11 +86,18 @@ def prepare(
                 return current.manifest
         except PreparedError:
             pass  # damaged: prepare again
-    begin_writing(output)
-    tok = _tokenizer_for(
-        tokenizer, sources, text_field, vocab_size, num_sentinels, sample_documents
-    )
-    tok.save(output / TOKENIZER)
+    staging = Staging(output, fingerprint)
+    done, tokenizer_sha256 = staging.resume()
+    if tokenizer_sha256 is None:
+        tok = _tokenizer_for(
+            tokenizer, sources, text_field, vocab_size, num_sentinels, sample_documents
+        )
+        tok.save(staging.directory / TOKENIZER)
+        tokenizer_sha256 = sha256_file(staging.directory / TOKENIZER)
+    else:
+        tok = Tokenizer.load(staging.directory / TOKENIZER)
+        reused = sum(len(shards) for shards in done.values())
+        log.info("%s: resuming a killed run (%d finished shards reused)", output, reused)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32)
     stream = _all_documents(sources, text_field)
     first = next(stream, None)
@@ -92,21 +106,19 @@ def prepare(
     kind = "text" if isinstance(first, str) else "pairs"
     separator = tok.encode(SEPARATOR) if kind == "text" else []
     writers = {
-        name: ShardWriter(output, name, dtype, separator, shard_tokens) for name in STREAMS[kind]
+        name: ShardWriter(staging.directory, name, dtype, separator, shard_tokens, done.get(name))
+        for name in STREAMS[kind]
     }
-    count = tokens = 0
     start = time.perf_counter()
-    with _progress(progress) as (bar, task):
-        for chunk in _tokenised(
-            itertools.chain([first], stream), kind, output / TOKENIZER, workers
-        ):
-            for name, ids in zip(STREAMS[kind], chunk, strict=True):
-                writers[name].add(ids)
-                tokens += sum(len(x) for x in ids)
-            count += len(chunk[0])
-            if bar is not None:
-                bar.update(task, completed=count, tokens=tokens)
-    shards = {name: writer.close() for name, writer in writers.items()}
+    shards, count = _write_shards(
+        itertools.chain([first], stream),
+        kind,
+        writers,
+        staging,
+        tokenizer_sha256,
+        workers=workers,
+        progress=progress,
+    )
     manifest = Manifest(
         kind=kind,
         dtype=dtype.name,
@@ -116,9 +128,9 @@ def prepare(
         tokens=sum(s.tokens for streams in shards.values() for s in streams),
         sources=[s.signature() | {"kind": s.kind} for s in sources],
         fingerprint=fingerprint,
-        tokenizer_sha256=sha256_file(output / TOKENIZER),
+        tokenizer_sha256=tokenizer_sha256,
     )
-    finish_writing(output, manifest)
+    staging.finish(manifest)
     seconds = time.perf_counter() - start
     log.info(
         "%s: %d %s documents, %d tokens in %d shard(s), %.1f s (%.0f tokens/s)",
@@ -131,6 +143,36 @@ def prepare(
         manifest.tokens / max(seconds, 1e-9),
     )
     return manifest
+
+
+def _write_shards(
+    docs: Iterator[Document],
+    kind: str,
+    writers: dict[str, ShardWriter],
+    staging: Staging,
+    tokenizer_sha256: str,
+    *,
+    workers: int,
+    progress: bool,
+) -> tuple[dict[str, list[Shard]], int]:
+    """Tokenise `docs` into each stream's writer, recording every finished shard; documents in
+    the finished shards of a killed run (the writers' `skip`) are read but not tokenised again.
+    Returns the shards and the number of documents."""
+    count = min(w.skip for w in writers.values())  # every stream holds these documents
+    finished = sum(len(w.shards) for w in writers.values())
+    with _progress(progress) as (bar, task):
+        for chunk in _tokenised(
+            itertools.islice(docs, count, None), kind, staging.directory / TOKENIZER, workers
+        ):
+            for name, ids in zip(STREAMS[kind], chunk, strict=True):
+                writers[name].add(ids, first=count)
+            count += len(chunk[0])
+            if sum(len(w.shards) for w in writers.values()) != finished:
+                staging.record(tokenizer_sha256, {n: w.shards for n, w in writers.items()})
+                finished = sum(len(w.shards) for w in writers.values())
+            if bar is not None:
+                bar.update(task, completed=count)
+    return {name: writer.close() for name, writer in writers.items()}, count
 
 
 def _all_documents(sources: Iterable[Source], text_field: str | None) -> Iterator[Document]:
@@ -236,11 +278,11 @@ class _progress:
 
         self.bar = Progress(
             SpinnerColumn(),
-            TextColumn("tokenising: {task.completed:,} documents, {task.fields[tokens]:,} tokens"),
+            TextColumn("tokenising: {task.completed:,} documents"),
             TimeElapsedColumn(),
         )
         self.bar.__enter__()
-        return self.bar, self.bar.add_task("prepare", total=None, tokens=0)
+        return self.bar, self.bar.add_task("prepare", total=None)
 
     def __exit__(self, *exc) -> None:
         if self.enabled:

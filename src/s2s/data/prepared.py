@@ -16,10 +16,10 @@ The manifest holds the format version, record kind, dtype, separator ids, every 
 documents and tokens, the sources (path, bytes, mtime) and a fingerprint of sources +
 tokenizer + settings (re-running `prepare` with the same fingerprint does nothing).
 
-Safety: shards are written to `NAME.tmp-PID` and renamed when complete, and a re-run removes
-the old manifest before it writes anything, so a killed run leaves a directory without a
-manifest, which `open_prepared` refuses with a message; a shard whose size disagrees with the
-manifest is refused too (naming it). Reads use `os.pread`, one small read per block, so memory
+Safety: `prepare` writes a new version into `DIR/.staging/` and swaps it in only once complete
+(`s2s.data.writing`), so a failed or killed run leaves the old dataset as it was; a directory
+without a manifest is refused by `open_prepared` with a message, and so is a shard whose size
+disagrees with the manifest (naming it). Reads use `os.pread`, one small read per block, so memory
 stays flat however large the corpus is.
 """
 
@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from s2s.data.handles import OpenFiles
-from s2s.files import atomic_write, remove_stale_tmp_files
 
 FORMAT = "s2s-prepared"
 VERSION = 1
@@ -52,6 +50,7 @@ class Shard:
     name: str  # file stem: NAME.bin, NAME.idx
     documents: int
     tokens: int
+    sha256: str = ""  # of the .bin's sha256 + the .idx (s2s.data.writing.shard_digest)
 
 
 @dataclass(frozen=True)
@@ -102,76 +101,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing
-# ---------------------------------------------------------------------------------------------
-
-
-class ShardWriter:
-    """Appends documents to numbered shards of one stream, each at most ~`shard_tokens` long."""
-
-    def __init__(
-        self,
-        directory: Path,
-        stream: str,
-        dtype: np.dtype,
-        separator: Sequence[int],
-        shard_tokens: int,
-    ) -> None:
-        self.directory, self.stream, self.dtype = directory, stream, np.dtype(dtype)
-        self.separator = np.asarray(separator, dtype=self.dtype)
-        self.shard_tokens = shard_tokens
-        self.shards: list[Shard] = []
-        self._pieces: list[np.ndarray] = []
-        self._starts: list[int] = []
-        self._size = 0
-
-    def add(self, documents: Iterable[Sequence[int]]) -> None:
-        for ids in documents:
-            self._starts.append(self._size)
-            piece = np.asarray(ids, dtype=self.dtype)
-            self._pieces.append(piece)
-            self._size += len(piece)
-            if len(self.separator):
-                self._pieces.append(self.separator)
-                self._size += len(self.separator)
-            if self._size >= self.shard_tokens:
-                self._flush()
-
-    def close(self) -> list[Shard]:
-        if self._starts or not self.shards:
-            self._flush()
-        return self.shards
-
-    def _flush(self) -> None:
-        name = f"{self.stream}-{len(self.shards):05d}"
-        tokens = np.concatenate(self._pieces) if self._pieces else np.zeros(0, self.dtype)
-        index = np.asarray([*self._starts, self._size], dtype=np.int64)
-        _write_atomic(self.directory / f"{name}.bin", tokens.tobytes())
-        _write_atomic(self.directory / f"{name}.idx", index.tobytes())
-        self.shards.append(Shard(name, len(self._starts), int(self._size)))
-        self._pieces, self._starts, self._size = [], [], 0
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through `s2s.files.atomic_write` (renamed only once complete)."""
-    with atomic_write(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def begin_writing(directory: Path) -> None:
-    """Invalidate what a re-run will overwrite: the manifest goes first, then old shards."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / MANIFEST).unlink(missing_ok=True)
-    remove_stale_tmp_files(directory)
-    for old in [*directory.glob("*.bin"), *directory.glob("*.idx")]:
-        old.unlink()
-
-
-def finish_writing(directory: Path, manifest: Manifest) -> None:
-    _write_atomic(directory / MANIFEST, manifest.to_json().encode())
 
 
 def read_manifest(directory: str | Path) -> Manifest:
