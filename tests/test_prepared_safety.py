@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,31 @@ def test_a_killed_prepare_is_resumed_with_its_finished_shards(tok_file, tmp_path
     assert 0 < sum(encoded) < 2000  # the finished shards' documents were not tokenised again
     assert resumed == reference
     assert files_of(out) == files_of(tmp_path / "reference")  # the same bytes
+
+
+def test_a_publish_cut_short_is_finished_by_the_next_run(tok_file, tmp_path, monkeypatch):
+    out = tmp_path / "prepared"
+    first = jsonl(tmp_path / "first.jsonl", texts(300))
+    prepare([str(first)], out, tokenizer=str(tok_file), shard_tokens=300, progress=False)
+    second = jsonl(tmp_path / "second.jsonl", texts(500, seed=5))
+    reference = prepare([str(second)], tmp_path / "ref", tokenizer=str(tok_file), shard_tokens=300)
+    replace, moved = os.replace, []
+
+    def die_after_three(src, dst):  # a kill in the middle of swapping the new files in
+        if Path(dst).parent == out:
+            if len(moved) == 3:
+                raise KeyboardInterrupt
+            moved.append(dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", die_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        prepare([str(second)], out, tokenizer=str(tok_file), shard_tokens=300, progress=False)
+    monkeypatch.setattr(os, "replace", replace)
+    assert not (out / "manifest.json").exists()  # neither dataset is readable here...
+    encoded = []
+    encode = s2s.prepare._encode_chunk
+    monkeypatch.setattr(s2s.prepare, "_encode_chunk", lambda c: encoded.append(len(c)) or encode(c))
+    assert prepare([str(second)], out, tokenizer=str(tok_file), shard_tokens=300) == reference
+    assert not encoded  # ...until the next run finishes the swap, with nothing to tokenise
+    assert files_of(out) == files_of(tmp_path / "ref")
