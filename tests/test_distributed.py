@@ -6,6 +6,7 @@ shape, `adamw_scale`'s whole-tensor RMS, FSDP's own clipping), and `train.py tra
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 import socket
@@ -40,13 +41,40 @@ def loss_of(model, ids):
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
 
 
-def _rank(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, work) -> None:
+    """One of two gloo ranks: `work(rank)`, rank 0's result to `out`, then the teardown."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    result = work(rank)
+    if rank == 0:
+        with open(out, "w") as handle:
+            json.dump(result, handle)
+    # Teardown in this order (issue 26): every rank done communicating; the FSDP modules,
+    # whose reference cycles hold the process group, freed while Python is alive; then the
+    # group destroyed, its gloo threads joined here. Left to interpreter exit, a gloo thread
+    # freeing a tensor needs the GIL of a finalising interpreter, which ends that thread with
+    # pthread_exit through C++ noexcept frames: "terminate called without an active
+    # exception", SIGABRT.
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+
+
+def _spawn(work, tmp_path) -> dict:
+    """`work(rank) -> dict` on two gloo CPU processes; rank 0's dict."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "result.json"
+    mp.spawn(_worker, args=(port, str(out), work), nprocs=2, join=True)
+    return json.loads(out.read_text())
+
+
+def _forward_backward(rank: int) -> dict:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp import ShardingStrategy
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
     model, ids = model_and_batch()
     sharded = FSDP(
         model,
@@ -62,22 +90,12 @@ def _rank(rank: int, port: int, out: str) -> None:
     dist.all_gather(losses, loss.detach())
     units = [n for n, m in sharded.named_modules() if isinstance(m, FSDP)]
     local = sum(p.numel() for p in sharded.parameters())
-    if rank == 0:
-        with open(out, "w") as handle:
-            json.dump(
-                {"losses": [float(x) for x in losses], "units": units, "local": local}, handle
-            )
-    dist.destroy_process_group()
+    return {"losses": [float(x) for x in losses], "units": units, "local": local}
 
 
 @pytest.mark.slow  # spawns processes
 def test_fsdp_full_shard_on_two_cpu_processes_matches_the_plain_model(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "fsdp.json"
-    mp.spawn(_rank, args=(port, str(out)), nprocs=2, join=True)
-    result = json.loads(out.read_text())
+    result = _spawn(_forward_backward, tmp_path)
     model, ids = model_and_batch()
     expected = [float(loss_of(model, ids[:2])), float(loss_of(model, ids[2:]))]
     assert result["losses"] == pytest.approx(expected, rel=1e-5)
@@ -122,7 +140,7 @@ def _clean(name: str) -> str:
     return name.replace("_fsdp_wrapped_module.", "")
 
 
-def _optimiser_rank(rank: int, port: int, out: str) -> None:
+def _optimiser_step(rank: int) -> dict:
     """One optimiser step of `adamw_scale` (weight decay on) after clipping, on FSDP's shards
     (this rank's half of the batch) and on a plain copy (the whole batch)."""
     from lightning.pytorch.plugins.precision import FSDPPrecision
@@ -130,8 +148,6 @@ def _optimiser_rank(rank: int, port: int, out: str) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.manual_seed(0)
     # untied head and biases: the root unit holds a matrix of its own, and 1-D parameters
     plain = Holder(Seq2SeqTransformer(tiny_config(tie_embeddings=False, attention_bias=True)))
@@ -180,33 +196,20 @@ def _optimiser_rank(rank: int, port: int, out: str) -> None:
     with FSDP.summon_full_params(sharded):
         full = {_clean(n): p.detach().clone() for n, p in sharded.named_parameters()}
     diff = max(float((full[n] - p.detach()).abs().max()) for n, p in plain.named_parameters())
-    if rank == 0:
-        result = {
-            "groups": groups,
-            "ndims": ndims,
-            "full_norm": full_norm,
-            "clip": clip,
-            "clipped_norm": float(squares.sqrt()),
-            "clip_error": clip_error,
-            "max_diff": diff,
-        }
-        with open(out, "w") as handle:
-            json.dump(result, handle)
-    dist.destroy_process_group()
-
-
-def _spawn(function, tmp_path) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "result.json"
-    mp.spawn(function, args=(port, str(out)), nprocs=2, join=True)
-    return json.loads(out.read_text())
+    return {
+        "groups": groups,
+        "ndims": ndims,
+        "full_norm": full_norm,
+        "clip": clip,
+        "clipped_norm": float(squares.sqrt()),
+        "clip_error": clip_error,
+        "max_diff": diff,
+    }
 
 
 @pytest.fixture(scope="module")
 def sharded_step(tmp_path_factory) -> dict:
-    return _spawn(_optimiser_rank, tmp_path_factory.mktemp("fsdp_optimiser"))
+    return _spawn(_optimiser_step, tmp_path_factory.mktemp("fsdp_optimiser"))
 
 
 @pytest.mark.slow  # spawns processes
