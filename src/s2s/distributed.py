@@ -54,9 +54,9 @@ class S2SFSDPStrategy(FSDPStrategy):
             if policy is not None:
                 self.kwargs["auto_wrap_policy"] = policy
 
-    # Lightning gathers full state dicts with offload_to_cpu=True, which on CPU frees the
-    # storage the returned tensors share (rank 0 then dies with SIGSEGV writing a checkpoint):
-    # on CPU, gather without offloading; on GPUs, Lightning's own.
+    # Lightning gathers full state dicts with offload_to_cpu=True; with CPU parameters rank 0
+    # then dies with SIGSEGV writing a checkpoint (torch 2.13, reproduced with torch's FSDP
+    # alone): on CPU, gather without offloading; on GPUs, Lightning's own.
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         if self.root_device.type != "cpu" or self._state_dict_type != "full":
