@@ -422,7 +422,10 @@ class Seq2SeqLitModule(L.LightningModule):
         }
 
     def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> None:
         root = fsdp_root(self._trainer and self.trainer.model)
         if root is not None and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
