@@ -125,7 +125,9 @@ def test_every_experiment_composes(experiment):
     cfg = compose_train([f"experiment={experiment}"])
     assert cfg.task_name == experiment
     assert cfg.model.d_model > 0
-    if cfg.data.train_path is None:  # streams a prepared directory, given on the command line
+    if "data.train_path" in cfg.required:  # a user's model and files (finetune_hf)
+        assert cfg.data.train_path is None and cfg.copy_warmup.steps == 0
+    elif cfg.data.train_path is None:  # streams a prepared directory, given on the command line
         assert cfg.data.train_dir is None and cfg.data.objective == "t5"
     else:
         assert cfg.data.train_dir is None

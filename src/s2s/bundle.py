@@ -43,6 +43,7 @@ from s2s.checkpoint import (
 from s2s.config import ModelConfig
 from s2s.files import new_file_mode
 from s2s.interop.hf_dir import is_hf_directory, read_hf_directory
+from s2s.model.meta import meta_model
 from s2s.model.transformer import Seq2SeqTransformer
 from s2s.tokenizer import Tokenizer, TokenizerError
 
@@ -74,8 +75,7 @@ def build_pretrained(loaded: LoadedCheckpoint) -> Pretrained:
     """The model and tokenizer of what `read_pretrained` read."""
     # built on the meta device, then given the loaded tensors themselves: no random
     # initialisation to overwrite, no second copy of the weights in memory
-    with torch.device("meta"):
-        model = Seq2SeqTransformer(loaded.config)
+    model = meta_model(loaded.config)
     load_weights(model, loaded.state_dict, loaded.source, assign=True)
     return Pretrained(kernels.install(model).eval(), loaded.tokenizer)
 

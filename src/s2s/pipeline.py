@@ -88,6 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("overwrite"):
         for path in replace_earlier_run(output_dir, ckpt_path=cfg.get("ckpt_path")):
             log.info("overwrite=true: removed the earlier run's %s", path)
+    _check_required(cfg)
     _check_data_paths(cfg)
     check_accelerator(cfg)
     data_config = DataConfig.from_dict(_plain(cfg.data, "data"))
@@ -311,6 +312,18 @@ def check_same_architecture(config: ModelConfig, pretrained: ModelConfig, source
             + ("; ..." if len(diffs) > 4 else "")
             + " (pick the model=... preset the checkpoint was trained with)"
         )
+
+
+def _check_required(cfg: DictConfig) -> None:
+    """The keys the composed experiment lists under `required` must be set."""
+    unset = [key for key in cfg.get("required") or [] if OmegaConf.select(cfg, key) is None]
+    if unset:
+        task = cfg.get("task_name", "this run")
+        raise ValueError(
+            f"{task} needs {', '.join(f'{key}=...' for key in unset)} on the command line"
+            + (" (init_from: a Hugging Face model directory, an s2s bundle or .ckpt)"
+               if "init_from" in unset else "")
+        )  # fmt: skip
 
 
 def _check_data_paths(cfg: DictConfig) -> None:

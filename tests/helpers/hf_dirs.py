@@ -107,20 +107,24 @@ def jitter(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def make_t5_dir(directory: Path, version: str = "v1.1", **shape) -> Path:
-    """A T5 directory: v1.1 (gated GELU, untied head) or v1.0 (ReLU, tied, scaled logits)."""
+def make_t5_dir(
+    directory: Path, version: str = "v1.1", vocab_size: int | None = None, **shape
+) -> Path:
+    """A T5 directory: v1.1 (gated GELU, untied head) or v1.0 (ReLU, tied, scaled logits);
+    `vocab_size` (model rows) defaults to the tokenizer's size plus T5_VOCAB_PADDING."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     tokenizer = t5_tokenizer()
-    size = dict(d_model=64, d_kv=16, num_heads=4, d_ff=96, num_layers=2, num_decoder_layers=2)
+    size = dict(
+        d_model=64, d_kv=16, num_heads=4, d_ff=96, num_layers=2, num_decoder_layers=2,
+        relative_attention_num_buckets=8, relative_attention_max_distance=16,
+    )  # fmt: skip
     size.update(shape)
     config = T5Config(
-        vocab_size=tokenizer.get_vocab_size() + T5_VOCAB_PADDING,
+        vocab_size=vocab_size or tokenizer.get_vocab_size() + T5_VOCAB_PADDING,
         feed_forward_proj={"v1.1": "gated-gelu", "v1.0": "relu"}[version],
         tie_word_embeddings=version == "v1.0",
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-        relative_attention_num_buckets=8, relative_attention_max_distance=16,
-        **size,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **size,
     )  # fmt: skip
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(config)

@@ -22,14 +22,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import pickle
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import processors
@@ -288,11 +288,8 @@ def _open_shard(path: Path, stack: ExitStack) -> tuple[Any, list[str]]:
     if not path.is_file():
         raise HFDirectoryError(f"{path}: weight shard not found")
     if path.suffix == ".safetensors":
-        try:
-            handle = stack.enter_context(safe_open(path, "pt"))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise HFDirectoryError(f"{path}: not readable safetensors ({err})") from None
-        return handle.get_tensor, list(handle.keys())
+        shard = stack.enter_context(SafetensorsReader(path))
+        return shard.get, shard.names
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
@@ -305,7 +302,67 @@ def _open_shard(path: Path, stack: ExitStack) -> tuple[Any, list[str]]:
         raise HFDirectoryError(f"{path}: not a readable weights file ({err})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise HFDirectoryError(f"{path}: not a state dict of tensors")
-    return state.__getitem__, list(state)
+    return (lambda name: state[name].clone()), list(state)  # owned, not the file's mapping
+
+
+class SafetensorsReader:
+    """Tensors of a `.safetensors` file, each read straight into a buffer of its own.
+
+    The format (8-byte little-endian header length, a JSON header of names, dtypes, shapes
+    and byte offsets, then the raw data) is read here rather than through the `safetensors`
+    library's `safe_open`, whose memory map keeps every page read in the process's resident
+    memory until the file is closed: reading a 1 GB model that way peaks at twice its size,
+    reading tensor by tensor peaks at its size (benchmarks/hf_load.py). Writing still uses the
+    library.
+    """
+
+    DTYPES: ClassVar[dict[str, torch.dtype]] = {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+        "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+        "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    }  # fmt: skip
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = path.open("rb")
+        try:
+            self.header, self.start = self._header()
+        except (ValueError, KeyError, TypeError) as err:
+            self.file.close()
+            raise HFDirectoryError(f"{path}: not readable safetensors ({err})") from None
+        self.names = list(self.header)
+
+    def _header(self) -> tuple[dict[str, Any], int]:
+        size = self.path.stat().st_size
+        length = int.from_bytes(self.file.read(8), "little")
+        if not 2 <= length <= size - 8:
+            raise ValueError(f"header length {length} does not fit a {size}-byte file")
+        header = json.loads(self.file.read(length))
+        header.pop("__metadata__", None)
+        for name, info in header.items():
+            begin, end = info["data_offsets"]
+            dtype = self.DTYPES[info["dtype"]]
+            count = math.prod(info["shape"]) * dtype.itemsize
+            if end - begin != count or not 0 <= begin <= end <= size - 8 - length:
+                raise ValueError(f"tensor {name!r}: offsets {begin}-{end} do not fit its shape")
+        return header, 8 + length
+
+    def get(self, name: str) -> torch.Tensor:
+        info = self.header[name]
+        tensor = torch.empty(info["shape"], dtype=self.DTYPES[info["dtype"]])
+        begin, end = info["data_offsets"]
+        self.file.seek(self.start + begin)
+        if end > begin:
+            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+            if self.file.readinto(view) != end - begin:
+                raise HFDirectoryError(f"{self.path}: cut short inside tensor {name!r}")
+        return tensor
+
+    def __enter__(self) -> SafetensorsReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
 
 
 def _is_tied(weights: _Weights, kind: str) -> bool:
@@ -319,10 +376,9 @@ def _is_tied(weights: _Weights, kind: str) -> bool:
 
 
 def _our_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    from s2s.model.transformer import Seq2SeqTransformer
+    from s2s.model.meta import meta_model
 
-    with torch.device("meta"):
-        model = Seq2SeqTransformer(config)
+    model = meta_model(config)
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 

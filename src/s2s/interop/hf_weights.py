@@ -140,7 +140,7 @@ def ours_from_hf(
     source: str,
 ) -> dict[str, Tensor]:
     """Our float32 state dict from HF tensors fetched one at a time with `get(name)` (so a
-    memory-mapped file is read tensor by tensor); `shapes` are our tensors' shapes. A shape
+    file is read tensor by tensor); `shapes` are our tensors' shapes. A shape
     that does not fit raises ValueError naming `source` and both names."""
     state = {}
     for entry in table:
@@ -160,8 +160,9 @@ def ours_from_hf(
                 f"{source}: {found} does not fit {entry.ours} {shapes[entry.ours]} of the "
                 "model config.json describes"
             )
-        # an owned float32 copy: never a view into a memory-mapped file, never half precision
-        state[entry.ours] = tensor.to(torch.float32, copy=True).contiguous()
+        # float32 (the model's master weights), converted only where the file holds another
+        # dtype; `get` returns tensors of their own (never views into a mapped file)
+        state[entry.ours] = tensor.to(torch.float32).contiguous()
     return state
 
 
