@@ -275,3 +275,21 @@ def test_continued_pretraining_speaks_the_models_sentinels(dirs, cfg_train, tiny
     first_sentinel = [row[(row >= top - T5_SENTINELS + 1)].tolist()[0] for row in inputs]
     assert first_sentinel == [top] * len(inputs)
     assert (batch["labels"][:, 0] == top).all()  # targets start with it too
+
+
+def test_generation_never_runs_past_a_learned_position_table(dirs):
+    """BART reads positions 0 .. 39 in the decoder: asking for 100 new tokens gives 40."""
+    from s2s.generation import GenerationConfig
+    from s2s.generation import generate as generate_ids
+
+    model, tokenizer = load_pretrained(dirs["bart"])
+    ids = torch.tensor([[0, *tokenizer.encode("To be, or not"), 2]])
+    config = GenerationConfig(max_new_tokens=100, min_new_tokens=100)
+    out = generate_ids(model, ids, config=config)
+    assert out.shape[1] == model.config.max_positions == 40
+
+
+def test_finetune_hf_names_the_keys_it_needs(cfg_train):
+    cfg = cfg_train("experiment=finetune_hf", "data.train_path=null", kind="pairs")
+    with pytest.raises(ValueError, match=r"finetune_hf needs init_from=\.\.\., data\.train_path"):
+        train(cfg)

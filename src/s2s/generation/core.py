@@ -36,7 +36,8 @@ def generate(
 
     Returns a (B, L) long tensor of NEW tokens only: no decoder start token (Hugging Face's
     `generate` output starts with it), each row's EOS included, and pad after it.
-    L <= max_new_tokens is the longest row; a row without EOS was cut at max_new_tokens.
+    L <= max_new_tokens is the longest row; a row without EOS was cut at max_new_tokens. With
+    learned positions, max_new_tokens is at most the position table's size.
     Beam search returns the best hypothesis per input; with num_beams=1 it is greedy search
     (as in `transformers`).
 
@@ -45,6 +46,13 @@ def generate(
     config = config or GenerationConfig()
     if max_new_tokens is not None:
         config = dataclasses.replace(config, max_new_tokens=max_new_tokens)
+    if model.config.positions == "learned" and config.max_new_tokens > model.config.max_positions:
+        # the decoder reads the start token and each new token but the last at positions
+        # 0 .. max_new_tokens - 1: a learned table has no row past max_positions - 1
+        limit = model.config.max_positions
+        config = dataclasses.replace(
+            config, max_new_tokens=limit, min_new_tokens=min(config.min_new_tokens, limit)
+        )
     if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise ValueError(
             f"input_ids must be a non-empty (B, S) tensor, got {tuple(input_ids.shape)}"
