@@ -17,6 +17,7 @@ All scores are on a 0-100 scale.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +57,8 @@ def rouge(outputs: Sequence[str], references: Sequence[str]) -> dict[str, float]
     """Mean F-measure x 100 of each ROUGE type over the (output, reference) pairs."""
     from rouge_score import rouge_scorer
 
+    # rouge-score logs "Using default tokenizer." through absl at every scorer: nothing to act on
+    logging.getLogger("absl").setLevel(logging.WARNING)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
     for output, reference in zip(outputs, references, strict=True):

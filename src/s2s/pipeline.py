@@ -121,6 +121,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if pretrained is not None:
         check_same_architecture(model_config, pretrained.config, f"init_from={cfg.init_from}")
     model = kernels.install(Seq2SeqTransformer(model_config))  # S2S_KERNELS=0: plain
+    log.info(describe(model))
     model.set_attention_backend(str(cfg.get("attention_backend", "sdpa")))
     model.checkpoint_activations(bool(cfg.get("activation_checkpointing", False)))
     if pretrained is not None and resumed is None:  # a resume restores its own weights
@@ -360,13 +361,34 @@ def _read_resume_checkpoint(path: Path) -> LoadedCheckpoint:
 
 
 def _one_log_format() -> None:
-    """Under Hydra (root logger configured) let Lightning's messages go through it only once."""
+    """Under Hydra (root logger configured) let Lightning's messages go through it only once;
+    drop Lightning's advertisement for its cloud logger (nothing a user of s2s acts on)."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvert) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoAdvert())
     if not logging.getLogger().handlers:
         return
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+
+
+class _NoAdvert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def describe(model: Seq2SeqTransformer) -> str:
+    """One line for the log: the model's class, size and shape (Lightning's summary table
+    would name the kernel twin's class and a FLOPs column of zeros)."""
+    c = model.config
+    count = sum(p.numel() for p in model.parameters())
+    return (
+        f"model: Seq2SeqTransformer, {count / 1e6:.1f}M parameters ({c.n_encoder_layers}+"
+        f"{c.n_decoder_layers} layers, d_model {c.d_model}, {c.n_heads} heads, d_ff {c.d_ff}, "
+        f"vocabulary {c.vocab_size}, {c.positions} positions)"
+    )
 
 
 def _plain(node: Any, key: str) -> dict[str, Any]:

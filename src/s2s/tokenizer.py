@@ -105,6 +105,10 @@ class Tokenizer:
     """A `tokenizers.Tokenizer` plus the ids of the special tokens s2s relies on."""
 
     def __init__(self, backend: HFTokenizer) -> None:
+        # a saved tokenizer.json (a Hugging Face one) may pad or truncate by itself: s2s
+        # frames, cuts and pads its own way
+        backend.no_padding()
+        backend.no_truncation()
         self.backend = backend
         vocab = backend.get_vocab(with_added_tokens=True)
         pad = vocab.get(PAD)

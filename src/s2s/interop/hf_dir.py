@@ -157,9 +157,6 @@ def read_hf_tokenizer(directory: Path) -> Tokenizer:
             raise HFDirectoryError(str(err)) from None
     else:
         tokenizer = _converted_tokenizer(directory)
-    # a saved tokenizer.json may pad or truncate by itself; s2s frames and pads its own way
-    tokenizer.backend.no_padding()
-    tokenizer.backend.no_truncation()
     config = directory / TOKENIZER_CONFIG
     if config.is_file():
         values = _json(config)
