@@ -141,3 +141,20 @@ def test_evaluate_cli_reports_a_missing_file_in_one_line(tiny_checkpoint, tmp_pa
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.json" in err[0] and err[0].startswith("error:")
+
+
+def test_probe_outputs_may_run_past_the_prompt_length(tokenizer):
+    """A fill can be longer than its one mask token: the probe lets the model write EXTRA_TOKENS
+    past the longest prompt. A model that always says " the" (its logits bias) and never EOS
+    writes exactly that many tokens, one word each."""
+    from s2s.evaluation.denoise import EXTRA_TOKENS, denoise_outputs
+
+    the = tokenizer.token_to_id("Ġthe")
+    assert the is not None and tokenizer.decode([the, the]) == " the the"
+    model = tiny_model(tokenizer.vocab_size, final_logits_bias=True)
+    model.final_logits_bias[the] = 1e4
+    lines = [MaskedLine("So foul and fair a day I have not seen.", 2, 2), MaskedLine("To be", 0, 1)]
+    longest = max(len(tokenizer.encode(line.masked)) for line in lines)
+    outputs = denoise_outputs(model, tokenizer, lines)
+    assert [len(out.split()) for out in outputs] == [longest + EXTRA_TOKENS] * 2
+    assert set(" ".join(outputs).split()) == {"the"}

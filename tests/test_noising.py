@@ -288,6 +288,24 @@ def test_poisson_span_lengths():
     assert _sample_span_lengths(0, 3.0, rng).shape == (0,)
 
 
+def test_zero_length_spans_insert_a_mask():
+    """A span of Poisson length 0 inserts a mask without removing a token (BART §2.2: "0-length
+    spans correspond to the insertion of [MASK] tokens"). With lambda = 1 and a budget of 60
+    tokens, the draws until the lengths sum to 60 number about 60 / lambda (Wald: E[sum] =
+    lambda E[draws]; the last draw overshoots by < 1 on average), a share e^-1 = 37% of them 0."""
+    rng = np.random.default_rng(11)
+    ids = np.arange(10, 210)  # unique ids: 200 tokens, 60 masked (mask_ratio 0.3)
+    masks, zero_share = [], []
+    for _ in range(300):
+        spans = infilling_spans(200, mask_ratio=0.3, poisson_lambda=1.0, rng=rng)
+        zero_share.append(np.mean(spans.lengths == 0))
+        ex = bart_text_infilling(ids, mask_id=MASK, eos_id=EOS, rng=rng, poisson_lambda=1.0)
+        assert _masked_tokens(ids, ex).sum() == 60
+        masks.append((ex.input_ids == MASK).sum())
+    assert abs(np.mean(masks) - 60) < 0.1 * 60  # without the insertions: about 39
+    assert abs(np.mean(zero_share) - math.exp(-1)) < 0.1 * math.exp(-1)
+
+
 def test_infilling_spans_cover_positions_evenly_and_never_overlap():
     rng = np.random.default_rng(5)
     covered = np.zeros(512)
