@@ -293,3 +293,25 @@ def test_finetune_hf_names_the_keys_it_needs(cfg_train):
     cfg = cfg_train("experiment=finetune_hf", "data.train_path=null", kind="pairs")
     with pytest.raises(ValueError, match=r"finetune_hf needs init_from=\.\.\., data\.train_path"):
         train(cfg)
+
+
+def test_hub_names_resolve_through_a_local_cache(dirs, tmp_path, monkeypatch):
+    """`hf:ORG/NAME` finds the snapshot in a Hugging Face cache (built here as huggingface_hub
+    lays it out); a name not cached is one line saying how to download it, and nothing is
+    downloaded unless S2S_HUB_DOWNLOAD=1."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--local--tiny-bart"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for item in dirs["bart"].iterdir():
+        (snapshot / item.name).write_bytes(item.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("S2S_HUB_DOWNLOAD", raising=False)
+    loaded = read_pretrained("hf:local/tiny-bart", "ckpt")
+    expected = read_pretrained(dirs["bart"])
+    assert loaded.config == expected.config and loaded.framing == expected.framing
+    assert torch.equal(loaded.state_dict["embed.weight"], expected.state_dict["embed.weight"])
+    with pytest.raises(CheckpointError, match=r"ckpt=hf:local/missing: not in the local Hugging"):
+        read_pretrained("hf:local/missing", "ckpt")

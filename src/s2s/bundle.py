@@ -43,6 +43,8 @@ from s2s.checkpoint import (
 from s2s.config import ModelConfig
 from s2s.files import new_file_mode
 from s2s.interop.hf_dir import is_hf_directory, read_hf_directory
+from s2s.interop.hf_hub import is_hub_name
+from s2s.interop.hf_hub import resolve as resolve_hub_name
 from s2s.model.meta import meta_model
 from s2s.model.transformer import Seq2SeqTransformer
 from s2s.tokenizer import Tokenizer, TokenizerError
@@ -86,6 +88,8 @@ def read_pretrained(path: str | os.PathLike, key: str = "checkpoint") -> LoadedC
     `key` names the setting the path came from (`ckpt`, `init_from`) in error messages.
     """
     refuse_url(path, key)
+    if is_hub_name(path):
+        path = resolve_hub_name(str(path), key)
     path = Path(path)
     if path.is_dir() and is_hf_directory(path):
         return read_hf_directory(path)
