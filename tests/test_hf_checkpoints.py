@@ -315,3 +315,20 @@ def test_hub_names_resolve_through_a_local_cache(dirs, tmp_path, monkeypatch):
     assert torch.equal(loaded.state_dict["embed.weight"], expected.state_dict["embed.weight"])
     with pytest.raises(CheckpointError, match=r"ckpt=hf:local/missing: not in the local Hugging"):
         read_pretrained("hf:local/missing", "ckpt")
+
+
+@pytest.mark.slow  # spawns train.py: the command line is what says a dropout was given
+def test_command_line_dropout_replaces_the_directorys(dirs, tiny_data, tmp_path):
+    from helpers.train import overrides_for, run_cli
+
+    args = [
+        *overrides_for(tiny_data, tmp_path, "pairs"),
+        f"init_from={dirs['bart']}", "model.dropout=0.0", "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+    ]  # fmt: skip
+    done = run_cli(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = read_pretrained(tmp_path / "run" / "checkpoints" / "last.ckpt").config
+    directory = read_pretrained(dirs["bart"]).config
+    assert directory.dropout == 0.1 and config.dropout == 0.0  # tiny's 0.1 is not used either
+    assert config.d_model == directory.d_model and config.init_std == directory.init_std

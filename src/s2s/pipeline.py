@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from s2s import kernels
 from s2s.bundle import build_pretrained, load_weights, read_pretrained
 from s2s.checkpoint import CheckpointError, Framing, LoadedCheckpoint, read_checkpoint
+from s2s.cli import Interrupted
 from s2s.config import ModelConfig
 from s2s.data.config import DataConfig
 from s2s.data.objectives import build_objective
@@ -43,7 +44,13 @@ from s2s.files import atomic_write, remove_stale_tmp_files
 from s2s.metrics import METRICS, check_metrics
 from s2s.model import Seq2SeqTransformer
 from s2s.paths import project_root  # noqa: F401  (registers ${s2s_root:})
-from s2s.run_dir import check_run_dir, replace_earlier_run, resolve_ckpt_path
+from s2s.run_dir import (
+    check_run_dir,
+    lock_run_dir,
+    replace_earlier_run,
+    resolve_ckpt_path,
+    unlock_run_dir,
+)
 from s2s.settings import from_mapping, number
 from s2s.tokenizer import Tokenizer
 
@@ -64,12 +71,22 @@ PROBE_DOCUMENTS = 2000  # documents of a prepared val_dir the probe draws its li
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train as the composed config says; return the final metrics and where outputs went."""
+    """Train as the composed config says; return the final metrics and where outputs went.
+    The run directory is held by this process for the whole run (s2s.run_lock)."""
+    output_dir = Path(cfg.paths.output_dir)
+    lock_run_dir(output_dir)
+    try:
+        return _train(cfg)
+    finally:
+        unlock_run_dir(output_dir)
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
 
     from s2s.data.datamodule import S2SDataModule
+    from s2s.distributed import end_process_group
     from s2s.lit_module import EvalConfig, Seq2SeqLitModule
-    from s2s.report import run_facts
     from s2s.trainer import check_accelerator, make_trainer, peak_tflops
 
     start = time.perf_counter()
@@ -111,9 +128,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     tokenizer = datamodule.tokenizer
     if pretrained is not None and pretrained.origin == "hf":
-        # a Hugging Face model is its own architecture: no preset describes it
-        model_config = pretrained.config
-        log.info("init_from=%s: the model is the directory's (model=... not used)", cfg.init_from)
+        # a Hugging Face model is its own architecture: no preset describes it; dropouts
+        # given on the command line (model.dropout=0.05) replace the directory's
+        changes = _command_line_training_fields(cfg)
+        model_config = dataclasses.replace(pretrained.config, **changes)
+        log.info(
+            "init_from=%s: the model is the directory's (model=... not used%s)",
+            cfg.init_from,
+            "".join(f"; model.{k}={v}" for k, v in changes.items()),
+        )
     else:
         model_config = model_config_for(cfg, tokenizer)
     if resumed is not None:
@@ -157,7 +180,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = make_trainer(cfg, datamodule)
     _save_run_files(output_dir, cfg, model_config, tokenizer, trainer)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except Interrupted:  # a signal, after saving the step it reached (s2s.preemption)
+        _finish(trainer, module, output_dir, cfg, start)
+        end_process_group()
+        raise
+    result = _finish(trainer, module, output_dir, cfg, start)
+    end_process_group()
+    return result
+
+
+def _finish(trainer: Any, module: Any, output_dir: Path, cfg: DictConfig, start: float) -> dict:
+    """The final metrics and where outputs went; the run report written (global rank 0)."""
+    from s2s.report import run_facts
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     result: dict[str, Any] = {"metrics": metrics, "output_dir": str(output_dir)}
@@ -313,6 +349,21 @@ def check_same_architecture(config: ModelConfig, pretrained: ModelConfig, source
             + ("; ..." if len(diffs) > 4 else "")
             + " (pick the model=... preset the checkpoint was trained with)"
         )
+
+
+def _command_line_training_fields(cfg: DictConfig) -> dict[str, Any]:
+    """The model's TRAINING_FIELDS (dropouts, init_std) that the command line sets, with the
+    values the composed config gives them (none when train() was not started by Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    return {
+        name: cfg.model[name]
+        for name in ModelConfig.TRAINING_FIELDS
+        if f"model.{name}" in given and name in cfg.model
+    }
 
 
 def _check_required(cfg: DictConfig) -> None:
