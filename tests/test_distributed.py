@@ -90,7 +90,12 @@ def _forward_backward(rank: int) -> dict:
     dist.all_gather(losses, loss.detach())
     units = [n for n, m in sharded.named_modules() if isinstance(m, FSDP)]
     local = sum(p.numel() for p in sharded.parameters())
-    return {"losses": [float(x) for x in losses], "units": units, "local": local}
+    with FSDP.summon_full_params(sharded, with_grads=True):  # the reduced, whole gradients
+        grads = {
+            name.replace("_fsdp_wrapped_module.", ""): p.grad.flatten().tolist()
+            for name, p in sharded.named_parameters()
+        }
+    return {"losses": [float(x) for x in losses], "units": units, "local": local, "grads": grads}
 
 
 @pytest.mark.slow  # spawns processes
@@ -112,6 +117,14 @@ def test_fsdp_full_shard_on_two_cpu_processes_matches_the_plain_model(tmp_path):
     )
     total = sum(p.numel() for p in model.parameters())
     assert result["local"] < 0.6 * total  # sharded: each rank holds about half
+    # the gradients FSDP reduced over the ranks: those of the mean of the two halves' losses
+    ((loss_of(model, ids[:2]) + loss_of(model, ids[2:])) / 2).backward()
+    expected_grads = {name: p.grad.flatten() for name, p in model.named_parameters()}
+    assert sorted(result["grads"]) == sorted(expected_grads)
+    for name, grad in expected_grads.items():
+        # atol well under the gradients' size (median of the tensors' largest entries: 3e-3)
+        got = torch.tensor(result["grads"][name])
+        torch.testing.assert_close(got, grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_fsdp_strategy_wraps_the_layer_classes():
