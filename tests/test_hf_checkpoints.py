@@ -332,3 +332,16 @@ def test_command_line_dropout_replaces_the_directorys(dirs, tiny_data, tmp_path)
     directory = read_pretrained(dirs["bart"]).config
     assert directory.dropout == 0.1 and config.dropout == 0.0  # tiny's 0.1 is not used either
     assert config.d_model == directory.d_model and config.init_std == directory.init_std
+
+
+def test_mt5_reads_as_t5_v1_1_with_its_defaults(dirs, tmp_path):
+    """mT5 is T5 v1.1 under another model_type; a key the file leaves out takes MT5Config's
+    default (gated GELU), not T5Config's (ReLU)."""
+    mt5 = _copy(dirs["t5_v1.1"], tmp_path / "mt5")
+    config = json.loads((mt5 / "config.json").read_text())
+    config["model_type"] = "mt5"
+    del config["feed_forward_proj"], config["dense_act_fn"], config["is_gated_act"]
+    (mt5 / "config.json").write_text(json.dumps(config))
+    loaded, expected = read_pretrained(mt5), read_pretrained(dirs["t5_v1.1"])
+    assert loaded.config == expected.config
+    assert all(torch.equal(loaded.state_dict[k], v) for k, v in expected.state_dict.items())
