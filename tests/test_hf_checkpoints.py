@@ -345,3 +345,22 @@ def test_mt5_reads_as_t5_v1_1_with_its_defaults(dirs, tmp_path):
     loaded, expected = read_pretrained(mt5), read_pretrained(dirs["t5_v1.1"])
     assert loaded.config == expected.config
     assert all(torch.equal(loaded.state_dict[k], v) for k, v in expected.state_dict.items())
+
+
+def test_generate_dtype_casts_the_weights(dirs, monkeypatch, capsys):
+    """dtype=bfloat16: the generator gets bf16 weights (pipeline.generate imports
+    TextGenerator when it runs, so the recording subclass is the one it builds)."""
+    from s2s.generation import text
+
+    seen = []
+
+    class Recording(text.TextGenerator):
+        def __init__(self, model, *args, **kwargs):
+            seen.append(next(model.parameters()).dtype)
+            super().__init__(model, *args, **kwargs)
+
+    monkeypatch.setattr(text, "TextGenerator", Recording)
+    generate(compose_generate(f"ckpt={dirs['bart']}", "prompt=To be", "dtype=bfloat16"))
+    assert seen == [torch.bfloat16] and capsys.readouterr().out.strip()
+    with pytest.raises(ValueError, match="dtype=int8 must be one of float32, bfloat16, float16"):
+        generate(compose_generate(f"ckpt={dirs['bart']}", "prompt=To be", "dtype=int8"))
