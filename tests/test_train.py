@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import json
+import math
 import os
 import re
 import subprocess
@@ -18,15 +20,24 @@ from helpers.train import REPO, compose_train, overrides_for, record, run_cli, r
 
 from s2s.checkpoint import Framing, read_checkpoint
 from s2s.pipeline import train
+from s2s.tokenizer import Tokenizer
 from s2s.trainer import trainer_arguments
 
 
 def test_debug_smoke_pretraining(tmp_path, cfg_train):
     cfg = cfg_train("trainer.fast_dev_run=2")
-    result = train(cfg)
-    assert result["metrics"]["train/loss"] > 0
-    assert (tmp_path / "run" / "tokenizer.json").is_file()
-    assert (tmp_path / "run" / "model_config.json").is_file()
+    metrics = {k: float(v) for k, v in train(cfg)["metrics"].items()}
+    # an untrained model predicts about uniformly over the 600-token vocabulary: a mean
+    # cross-entropy near ln(600) = 6.4 nats, on training and validation batches alike (7.1
+    # here: the initial logits' spread adds about their variance / 2)
+    for key in ("train/loss", "val/loss"):
+        assert abs(metrics[key] - math.log(600)) < 1.0, (key, metrics[key])
+    assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-5)
+    assert 0 <= metrics["val/token_acc"] < 0.2 and 0 <= metrics["train/padding_fraction"] < 1
+    # the overrides reached the files generate.py builds the model from
+    config = json.loads((tmp_path / "run" / "model_config.json").read_text())
+    assert (config["d_model"], config["n_encoder_layers"], config["vocab_size"]) == (32, 1, 600)
+    assert Tokenizer.load(tmp_path / "run" / "tokenizer.json").vocab_size == 600
 
 
 @pytest.mark.slow  # a whole training run
