@@ -275,3 +275,30 @@ def test_parquet_and_hugging_face_folders_are_inputs(tokenizer, tok_file, tmp_pa
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "b.parquet")
     with pytest.raises(RecordError, match=r"b.parquet: no column Text/text"):
         prepare([str(tmp_path / "b.parquet")], tmp_path / "o2", tokenizer=str(tok_file))
+
+
+def test_tokenizer_sample_covers_every_input(write, tmp_path):
+    """A prose file sorted before a code file: the tokenizer is trained on both (the first
+    N/2 documents of each), the manifest says so, and code is encoded in far fewer tokens
+    than by a tokenizer trained on the prose alone (what taking the first N did)."""
+    prose = [{"Text": f"To be, or not to be, that is the question {i}."} for i in range(300)]
+    code = [
+        {"Text": f"def compute_{i}(self):\n    return self.values[{i}] + offset_parameter"}
+        for i in range(300)
+    ]
+    write("corpus/a_prose.jsonl", "\n".join(json.dumps(r) for r in prose))
+    write("corpus/b_code.jsonl", "\n".join(json.dumps(r) for r in code))
+    common = {"vocab_size": 600, "num_sentinels": 4, "progress": False}
+    both = prepare([str(tmp_path / "corpus")], tmp_path / "both", sample_documents=200, **common)
+    assert both.tokenizer_sample == {
+        str(tmp_path / "corpus" / "a_prose.jsonl"): 100,
+        str(tmp_path / "corpus" / "b_code.jsonl"): 100,
+    }
+    prose_only = prepare([str(tmp_path / "corpus/a_prose.jsonl")], tmp_path / "p", **common)
+    from s2s.tokenizer import Tokenizer
+
+    sample = code[7]["Text"]
+    spread = len(Tokenizer.load(tmp_path / "both" / "tokenizer.json").encode(sample))
+    narrow = len(Tokenizer.load(tmp_path / "p" / "tokenizer.json").encode(sample))
+    assert spread < 0.7 * narrow, (spread, narrow)
+    assert prose_only.tokenizer_sample == {str(tmp_path / "corpus/a_prose.jsonl"): 300}

@@ -7,7 +7,8 @@
 Reads the inputs (`s2s.data.sources`: JSON/JSONL of either record kind, plain text, Parquet,
 Hugging Face folders or hub names), tokenises them in worker processes, and writes the
 prepared format (`s2s.data.prepared`: shards, tokenizer, manifest). Without --tokenizer a BPE
-tokenizer is trained on the first --sample-documents documents; --tokenizer takes a
+tokenizer is trained on --sample-documents documents spread over every input (the manifest's
+`tokenizer_sample` says how many of each); --tokenizer takes a
 tokenizer.json or another prepared directory (validation data must share the training
 tokenizer). Running again on unchanged inputs and settings does nothing; a failed or killed run
 leaves the dataset already in the output as it was, and a killed one is resumed
@@ -43,10 +44,12 @@ from s2s.data.prepared import (
 )
 from s2s.data.sources import Document, Source, documents, expand
 from s2s.data.writing import STAGING, ShardWriter, Staging, publish
+from s2s.files import atomic_write
 from s2s.tokenizer import Tokenizer, TokenizerConfig
 
 log = logging.getLogger("s2s.prepare")
 CHUNK = 512  # documents per task sent to a worker
+SAMPLE = "tokenizer_sample.json"  # staging: the inputs the tokenizer was trained on
 SEPARATOR = "\n\n"  # between packed documents, as the in-memory data module joins them
 
 
@@ -89,13 +92,19 @@ def prepare(
     staging = Staging(output, fingerprint)
     done, tokenizer_sha256 = staging.resume()
     if tokenizer_sha256 is None:
-        tok = _tokenizer_for(
+        tok, sample = _tokenizer_for(
             tokenizer, sources, text_field, vocab_size, num_sentinels, sample_documents
         )
         tok.save(staging.directory / TOKENIZER)
+        with atomic_write(staging.directory / SAMPLE) as tmp:
+            tmp.write_text(json.dumps(sample), encoding="utf-8")
         tokenizer_sha256 = sha256_file(staging.directory / TOKENIZER)
     else:
         tok = Tokenizer.load(staging.directory / TOKENIZER)
+        sample_file = staging.directory / SAMPLE
+        sample = (
+            json.loads(sample_file.read_text(encoding="utf-8")) if sample_file.is_file() else {}
+        )
         reused = sum(len(shards) for shards in done.values())
         log.info("%s: resuming a killed run (%d finished shards reused)", output, reused)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32)
@@ -129,6 +138,7 @@ def prepare(
         sources=[s.signature() | {"kind": s.kind} for s in sources],
         fingerprint=fingerprint,
         tokenizer_sha256=tokenizer_sha256,
+        tokenizer_sample=sample,
     )
     staging.finish(manifest)
     seconds = time.perf_counter() - start
@@ -235,14 +245,40 @@ def _tokenizer_for(
     vocab_size: int,
     num_sentinels: int,
     sample_documents: int,
-) -> Tokenizer:
+) -> tuple[Tokenizer, dict[str, int]]:
+    """The given tokenizer, or one trained on documents from every input; and how many
+    documents of each input it was trained on (empty when given)."""
     if given:
-        return Tokenizer.load(_tokenizer_file(given))
-    sample: list[str] = []
-    for doc in itertools.islice(_all_documents(sources, text_field), sample_documents):
-        sample.extend([doc] if isinstance(doc, str) else doc)
+        return Tokenizer.load(_tokenizer_file(given)), {}
+    texts, counts = tokenizer_sample(sources, text_field, sample_documents)
     config = TokenizerConfig(vocab_size=vocab_size, num_sentinels=num_sentinels)
-    return Tokenizer.from_config(config, sample, source="the first documents")
+    source = f"{len(counts)} input(s)"
+    return Tokenizer.from_config(config, texts, source=source), counts
+
+
+def tokenizer_sample(
+    sources: list[Source], text_field: str | None, n: int
+) -> tuple[list[str], dict[str, int]]:
+    """About `n` documents spread over every input: the first n / k documents of each of the k
+    inputs, then, when some inputs hold fewer, more from those that hold more (not the first n
+    in path order: a corpus of prose files then code files would train on prose only). One
+    input is open at a time. Returns the texts and the count taken from each input."""
+    taken: dict[str, list[Document]] = {s.name: [] for s in sources}
+    exhausted: set[str] = set()
+    while sum(map(len, taken.values())) < n and len(exhausted) < len(sources):
+        left = [s for s in sources if s.name not in exhausted]
+        quota = -(-(n - sum(map(len, taken.values()))) // len(left))  # ceil
+        for source in left:
+            have = len(taken[source.name])
+            new = list(itertools.islice(_all_documents([source], text_field), have, have + quota))
+            taken[source.name] += new
+            if len(new) < quota:
+                exhausted.add(source.name)
+    texts = [
+        text for docs in taken.values() for doc in docs
+        for text in ([doc] if isinstance(doc, str) else doc)
+    ]  # fmt: skip
+    return texts, {name: len(docs) for name, docs in taken.items()}
 
 
 def _tokenizer_file(given: str) -> Path:

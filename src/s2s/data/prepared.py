@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,9 @@ class Manifest:
     sources: list[dict]
     fingerprint: str
     tokenizer_sha256: str
+    # documents of each input the tokenizer was trained on ({} when it was given or for
+    # manifests written before this was recorded)
+    tokenizer_sample: dict[str, int] = field(default_factory=dict)
     format: str = FORMAT
     version: int = VERSION
 
