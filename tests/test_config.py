@@ -12,11 +12,12 @@ from omegaconf import OmegaConf
 from s2s import ModelConfig
 from s2s.model import Seq2SeqTransformer
 
-# Parameter counts of the presets at the vocab sizes in their YAML files.
+# Parameter counts of the presets at the vocab sizes in their YAML files: s2s's own presets by
+# the layer formula below (`own_preset_parameters`), the others as Hugging Face counts them.
 PRESET_PARAMETERS = {
-    "tiny": 9_179_392,
-    "small": 51_396_608,
-    "base": 204_519_936,
+    "tiny": 9_179_392,  # own_preset_parameters(8192, 256, 1024, 3, 3)
+    "small": 51_396_608,  # own_preset_parameters(8192, 512, 1536, 6, 6)
+    "base": 204_519_936,  # own_preset_parameters(8192, 768, 2048, 12, 12)
     "t5_small": 60_506_624,  # HF google-t5/t5-small: 60,506,624
     "bart_base": 139_417_344,  # HF bart-base: 139,420,416 incl. 2 unused rows x 2 tables
     "t5_v1_1_base": 247_577_856,  # HF google/t5-v1_1-base: 247,577,856
@@ -132,6 +133,31 @@ def test_preset_mirrors_config_and_builds_model_of_recorded_size(name):
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = Seq2SeqTransformer(cfg)
     assert sum(p.numel() for p in model.parameters()) == PRESET_PARAMETERS[name]
+
+
+def own_preset_parameters(vocab: int, d: int, d_ff: int, n_enc: int, n_dec: int) -> int:
+    """tiny / small / base by hand: tied embedding (V x D, also the LM head); attention without
+    biases, 4 D x D projections (q, k, v, out; inner dim = D); gated FFN without biases, 3 D x
+    d_ff matrices; RMSNorm gains only, 2 per encoder layer, 3 per decoder layer, one final norm
+    per stack; rotary positions have no parameters."""
+    encoder_layer = 4 * d * d + 3 * d * d_ff + 2 * d
+    decoder_layer = 8 * d * d + 3 * d * d_ff + 3 * d  # self- and cross-attention
+    return vocab * d + n_enc * encoder_layer + n_dec * decoder_layer + 2 * d
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "base"])
+def test_own_preset_sizes_follow_the_layer_formula(name):
+    values = preset_values(name)
+    assert (values["positions"], values["norm"], values["tie_embeddings"]) == (
+        "rotary",
+        "rmsnorm",
+        True,
+    )
+    assert values["gated_ffn"] and not values["attention_bias"] and not values["ffn_bias"]
+    assert values["d_head"] is None and not values["final_logits_bias"]
+    dims = [values[k] for k in ("vocab_size", "d_model", "d_ff")]
+    layers = [values["n_encoder_layers"], values["n_decoder_layers"]]
+    assert own_preset_parameters(*dims, *layers) == PRESET_PARAMETERS[name]
 
 
 def test_every_preset_file_is_checked():
