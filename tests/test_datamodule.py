@@ -275,3 +275,15 @@ def test_loader_batches(text_file, tokenizer, tmp_path):
 def test_bad_config_values_name_the_key(values, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
         DataConfig.from_dict({"train_path": "x.json"} | values)
+
+
+@pytest.mark.parametrize("device, pinned", [("cpu", False), ("cuda", True)])
+def test_batches_are_page_locked_only_for_a_gpu(text_file, tokenizer, tmp_path, device, pinned):
+    from types import SimpleNamespace
+
+    dm = make(text_file, tokenizer, tmp_path)
+    root = SimpleNamespace(type=device)
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=root), world_size=1,
+                              global_rank=0, current_epoch=0)  # fmt: skip
+    dm.trainer = trainer
+    assert dm.val_dataloader().pin_memory is pinned

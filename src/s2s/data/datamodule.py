@@ -300,7 +300,12 @@ class S2SDataModule(L.LightningDataModule):
             ),
             num_workers=workers,
             persistent_workers=workers > 0,
+            # page-locked batches copy to a GPU asynchronously (and only there is it worth it)
+            pin_memory=self._on_cuda(),
         )
+
+    def _on_cuda(self) -> bool:
+        return self._has_trainer() and self.trainer.strategy.root_device.type == "cuda"
 
     def _has_trainer(self) -> bool:
         try:
