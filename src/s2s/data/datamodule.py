@@ -127,6 +127,16 @@ class S2SDataModule(L.LightningDataModule):
     def _build_streamed(self, split: str) -> Dataset:
         """A prepared directory, read block by block from disk (s2s.data.prepared)."""
         cfg, tok, prepared = self.config, self.tokenizer, self._prepared(split)
+        if split == "train" and cfg.objective == "bart" and cfg.max_source_length <= 64:
+            # data=stream inherits conf/data/shakespeare.yaml: say so, a corpus user rarely
+            # wants 64-token rows of 10% BART masking
+            log.warning(
+                "%s: streaming with the demo's noise (data.objective=bart, %d-token rows); "
+                "for T5-style pre-training use data.objective=t5 data.max_source_length=512 "
+                "data.max_target_length=114, or experiment=t5_base_c4",
+                prepared.directory,
+                cfg.max_source_length,
+            )
         if Tokenizer.load(prepared.tokenizer_path).backend.to_str() != tok.backend.to_str():
             raise PreparedError(
                 f"{prepared.directory}: prepared with another tokenizer than the run's: prepare "
