@@ -18,11 +18,15 @@ What autograd keeps between forward and backward, per token, as s2s.model comput
     cross-attention     q (I c); k, v of every source token in every decoder layer (2I c per
                         source token, +I c rotated, + the c-dtype cast of the encoder output)
     feed-forward        gated: 4F c (wi's 2F output, act(gate), act(gate) * up); plain ReLU
-                        F c (its output); plain GELU / SiLU 2F c
+                        F c (its output; 2F c with dropout); plain GELU / SiLU 2F c
     dropout             one mask a dropout with p > 0: m per element
     loss                log_softmax's output, 4V per target token, and at the start of the
                         backward its gradient and nll's: 12V in all (logits are freed when
-                        training_step returns, before the backward)
+                        training_step returns, before the backward); then the logits'
+                        gradient (4V) with the LM head's (V, D) weight gradient
+    embeddings          the (V, D) float32 gradient of each use of the token embedding: with
+                        tied embeddings the head's waits in autograd's buffer while the
+                        decoder's and encoder's lookups add theirs (three at once)
     positions           T5 relative bias: one (1, H, L, L) float32 table per stack (B times
                         that with padding masks) and its bucket ids (8 L^2)
 
@@ -90,8 +94,10 @@ class Activations:
         head = self.embedding_grad  # the LM head's weight gradient, made first
         # tied: it waits in autograd's buffer for the two embedding lookups' gradients
         waiting = self.embedding_grad if self.tied else 0
+        # the logits' gradient (a third of the loss's 12V) with the head's weight gradient
+        logits_grad = self.loss // 3 + head
         return max(
-            self.kept + self.loss + head,  # the backward starts
+            self.kept + max(self.loss, logits_grad),  # the backward starts
             self.kept + waiting + self.recomputed_layer + self.layer_backward,  # a layer's
             # the decoder's embedding lookup: its (V, D) gradient (tied: + buffer and sum)
             self.encoder_layers + self.encoder_other + (3 if self.tied else 1) * head,
@@ -131,10 +137,13 @@ def _dropout(p: float, width: int, run: Execution) -> int:
 
 def _feedforward(config: ModelConfig, run: Execution) -> int:
     c, f = run.compute_bytes, config.d_ff
+    dropout = config.activation_dropout > 0.0
     if config.gated_ffn:
         kept = 4 * f * c
+    elif config.activation == "relu":  # its output, and the dropped copy `wo` keeps
+        kept = (2 if dropout else 1) * f * c
     else:
-        kept = (1 if config.activation == "relu" else 2) * f * c
+        kept = 2 * f * c
     return kept + _dropout(config.activation_dropout, f, run)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import s2s.paths  # noqa: F401  (registers ${s2s_root:}, which the data paths use)
 from s2s.config import ModelConfig
 from s2s.data.config import DataConfig
 from s2s.model.attention import check_backend
