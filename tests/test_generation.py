@@ -252,3 +252,57 @@ def test_config_from_dict_rejects_unknown_keys():
     assert GenerationConfig.from_dict({"num_beams": 2, "strategy": "beam"}).num_beams == 2
     with pytest.raises(ValueError, match="unknown key generate\\."):
         GenerationConfig.from_dict({"beams": 2})
+
+
+def exhaustive_best(model, input_ids, attention_mask, t: int, length_penalty: float):
+    """Reference beam: score every sequence of up to t new tokens that ends at its first EOS
+    (or at t tokens) by sum(log p) / length**length_penalty, by full forward passes without
+    the cache; the best per row, padded with PAD to the longest best."""
+    import itertools
+
+    v, start = model.config.vocab_size, model.config.decoder_start_token_id
+    best = []
+    for row in range(input_ids.shape[0]):
+        candidates = []
+        for length in range(1, t + 1):
+            seqs = [
+                seq
+                for seq in itertools.product(range(v), repeat=length)
+                if EOS not in seq[:-1] and (length == t or seq[-1] == EOS)
+            ]
+            tokens = torch.tensor(seqs)  # (N, length)
+            prefix = torch.cat([torch.full((len(seqs), 1), start), tokens[:, :-1]], dim=1)
+            ids = input_ids[row].expand(len(seqs), -1)
+            mask = attention_mask[row].expand(len(seqs), -1)
+            with torch.no_grad():
+                logp = model(ids, prefix, mask).float().log_softmax(-1)  # (N, length, V)
+            totals = logp.gather(2, tokens[:, :, None])[:, :, 0].sum(1) / length**length_penalty
+            candidates += zip(totals.tolist(), seqs, strict=True)
+        best.append(max(candidates)[1])
+    width = max(len(seq) for seq in best)
+    return torch.tensor([[*seq, *[PAD] * (width - len(seq))] for seq in best])
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
+def test_beam_with_every_prefix_kept_is_the_exhaustive_best(length_penalty):
+    """With K >= V**(t - 1) beams nothing is ever pruned: the search must return the best of
+    all V + V**2 + ... sequences under its own score, found here by brute force (6-token
+    vocabulary, 3 new tokens: 36 beams)."""
+    v, t = 6, 3
+    model = tiny_model(v, seed=3, tie_embeddings=False, final_logits_bias=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(20.0)  # sharper, input-dependent distributions (see model_for)
+        model.final_logits_bias[EOS] = 3.0  # short hypotheses compete with long ones
+    lengths = (6, 4, 3, 5, 2, 6, 1, 3, 5, 4, 2, 6)
+    b = padded_batch(v, src_lengths=lengths, tgt_lengths=(1,) * len(lengths), seed=2)
+    config = GenerationConfig(
+        strategy="beam", num_beams=v ** (t - 1), max_new_tokens=t, length_penalty=length_penalty
+    )
+    beam = generate(model, b.input_ids, b.attention_mask, config=config)
+    expected = exhaustive_best(model, b.input_ids, b.attention_mask, t, length_penalty)
+    assert beam.tolist() == expected.tolist()
+    greedy = generate(model, b.input_ids, b.attention_mask, max_new_tokens=t)
+    differ = (beam[:, : greedy.shape[1]] != greedy[:, : beam.shape[1]]).any(1)
+    assert differ.any()  # the search matters on these rows
