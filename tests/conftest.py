@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.train import compose_generate, compose_train, overrides_for
 
 from s2s.tokenizer import Tokenizer
@@ -24,6 +25,18 @@ CORPUS = [
     "In the beginning God created the heaven and the earth.",
     "And the earth was without form, and void.",
 ] * 20
+
+
+@pytest.fixture(autouse=True)
+def _restore_float32_matmul_settings():
+    """`train()` sets torch.set_float32_matmul_precision("high") (TF32 on CUDA) for the whole
+    process: put it and the TF32 flags back after every test, so that no test's float32
+    numbers depend on which tests ran before it."""
+    precision = torch.get_float32_matmul_precision()
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.set_float32_matmul_precision(precision)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 @pytest.fixture(scope="session")

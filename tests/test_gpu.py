@@ -16,6 +16,13 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _float32_is_float32():
+    """The references here are true float32 (no TF32), whatever ran before in this process;
+    conftest.py restores the previous setting afterwards."""
+    torch.set_float32_matmul_precision("highest")
+
+
 def _logits_and_grads(model, batch, dtype=None):
     model.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
