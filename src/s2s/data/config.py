@@ -43,8 +43,9 @@ class DataConfig:
     train_dir / val_dir: directories written by `python -m s2s.prepare`, streamed from disk
                  (memory flat in the corpus size) instead of train_path / val_path.
     batch_size:  GLOBAL batch, in sequences per optimiser step over all devices;
-                 `micro_batch_size` (per device, per forward) defaults to batch_size / devices
-                 and gradient accumulation makes up the rest.
+                 `micro_batch_size` (per device, per forward) is batch_size / devices, or
+                 less when `micro_batch_size` caps it (the most a device takes: memory);
+                 gradient accumulation makes up the rest.
     force_resume: resume even when the checkpoint was trained on another corpus or data seed
                  (its position, a row of the epoch's order, then points into another order);
                  refused otherwise (s2s.data.position).
