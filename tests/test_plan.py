@@ -159,3 +159,18 @@ def test_a_model_config_left_at_defaults_plans_on_the_cpu():
         for p in Seq2SeqTransformer(ModelConfig.from_dict(dict(job.model.to_dict()))).parameters()
     )
     assert plan.max_micro_batch == 16  # the whole default batch fits this machine
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_passes_on_the_cpu(tmp_path: Path):
+    """benchmarks/gpu_check.py --dry-run: every step of the GPU acceptance run, tiny, on CPU."""
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = done.stdout.split("| check | status | s | result |")[1]
+    assert table.count("| ok |") == 7 and "FAIL" not in table
