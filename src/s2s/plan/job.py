@@ -55,7 +55,10 @@ def job_from_config(cfg: DictConfig) -> Job:
     trainer = cfg.trainer
     world = _count(trainer.get("devices", 1), "trainer.devices")
     world *= _count(trainer.get("num_nodes", 1), "trainer.num_nodes")
-    micro = data.micro_batch_size or max(1, data.batch_size // world)
+    # as s2s.trainer.make_trainer: micro_batch_size caps a device's share of the batch
+    micro = max(1, data.batch_size // world)
+    if data.micro_batch_size is not None:
+        micro = min(micro, data.micro_batch_size)
     if data.batch_size % (micro * world):
         raise ValueError(
             f"data.batch_size={data.batch_size} must be a multiple of data.micro_batch_size "
