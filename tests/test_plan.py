@@ -174,3 +174,14 @@ def test_gpu_check_dry_run_passes_on_the_cpu(tmp_path: Path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = done.stdout.split("| check | status | s | result |")[1]
     assert table.count("| ok |") == 7 and "FAIL" not in table
+
+
+def test_the_scaling_page_numbers_are_the_planners():
+    """docs/scaling.md: nanoT5's 0.56 s/step on an A100 is 31% MFU by this FLOP count."""
+    page = (REPO / "docs" / "scaling.md").read_text(encoding="utf-8")
+    assert "python benchmarks/gpu_check.py" in page and (REPO / "benchmarks/gpu_check.py").is_file()
+    job = job_from_config(compose_train(["experiment=t5_base_c4"]))
+    a100 = make_plan(job, device("a100-40gb"), 0.31)
+    assert f"{a100.step_seconds:.3f} s/step" in page
+    h100 = make_plan(job, device("h100-80gb"), 0.4)
+    assert f"{h100.step_seconds:.3f} s/step" in page and f"{h100.memory.total / 2**30:.2f}" in page
