@@ -2,7 +2,7 @@
 
 Lightning's default writer moves a temporary file from the system temp directory into place,
 which is a copy (not an atomic rename) when that directory is on another filesystem. This one
-writes `NAME.tmp-<pid>` beside the target, flushes it to disk, then `os.replace`s it: a run
+writes `NAME.tmp-<pid>-<random>` beside the target, flushes it to disk, then `os.replace`s it: a run
 killed at any moment (even SIGKILL) leaves the previous checkpoint intact. Temporaries of
 processes that are gone are removed (`s2s.files.remove_stale_tmp_files`).
 
@@ -32,8 +32,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         path = Path(path)
         remove_stale_tmp_files(path.parent)
-        with atomic_write(path) as tmp:
-            torch.save(checkpoint, tmp)
+        # through a Python file: a failed write is an OSError (ENOSPC, EFBIG) that names the
+        # file, where torch.save(PATH) raises an unnamed RuntimeError
+        with atomic_write(path) as tmp, tmp.open("wb") as handle:
+            try:
+                torch.save(checkpoint, handle)
+            except RuntimeError as err:
+                # torch's zip writer reports the failed write as a RuntimeError of its own
+                # ("unexpected pos") while closing the archive: the OSError is its context
+                if isinstance(err.__context__, OSError):
+                    raise err.__context__ from None
+                raise
 
     def load_checkpoint(
         self,

@@ -11,7 +11,9 @@ everywhere. Expected failures are
     MisconfigurationException    Lightning refusing a trainer setting (e.g. no GPU)
 
 and the same errors when Hydra's `instantiate` wraps them. Anything else is a bug and keeps
-its traceback; Ctrl-C exits with status 130 without one.
+its traceback; Ctrl-C exits with status 130 without one. A run stopped by a signal after
+saving what resumes it (`Interrupted`, s2s.preemption) prints `stopped: <message>` and exits
+with 128 + the signal's number (143 for SIGTERM, 130 for SIGINT), as a shell reports a signal.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ LIGHTNING_ERRORS = "lightning.fabric.utilities.exceptions"
 INTERRUPTED = 130
 
 
+class Interrupted(Exception):
+    """A run stopped by signal `signum` once it had saved what resumes it: not a failure of
+    the program, but not a finished run either (the exit status says which signal)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 def run_cli(function: Callable[..., T], *args: Any) -> T:
     """Call `function`; on an expected failure print `error: <message>` and exit non-zero."""
     try:
@@ -42,6 +53,9 @@ def run_cli(function: Callable[..., T], *args: Any) -> T:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         sys.exit(INTERRUPTED)
+    except Interrupted as stop:
+        print(f"stopped: {stop}", file=sys.stderr, flush=True)
+        sys.exit(128 + stop.signum)
     except Exception as err:
         cause = expected_cause(err)
         if cause is None:

@@ -149,3 +149,20 @@ def shards_of(model: nn.Module) -> Shards | None:
             )
         shapes.update({id(p): shape for p, shape in zip(flat._params, flat._shapes, strict=True)})
     return Shards(shapes, units[0].process_group)
+
+
+def end_process_group() -> None:
+    """After `trainer.fit` under DDP / FSDP: wait for every rank, free what still refers to the
+    process groups, destroy them. FSDP modules sit in reference cycles that keep the (gloo)
+    group alive past `destroy_process_group`, to be freed at interpreter exit, where a gloo
+    thread could abort the process ("terminate called without an active exception"; issue 26,
+    the same teardown as tests/test_distributed.py). Nothing to do in a single process."""
+    import gc
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()

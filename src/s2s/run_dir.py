@@ -9,8 +9,9 @@ directory that already holds one is refused unless
 
 The check runs as a Hydra callback (`RunDirGuard`, conf/hydra/default.yaml) before Hydra
 writes `.hydra/` into the directory, and again in `train()` for callers that pass
-`paths.output_dir` themselves. Only the process of global rank 0 checks: the other DDP ranks
-start later, into the directory rank 0 has already claimed.
+`paths.output_dir` themselves; both first take the directory's lock (s2s.run_lock), so that a
+second process started into it at the same time is refused too. Only the process of global
+rank 0 checks: the other DDP ranks start later, into the directory rank 0 has already claimed.
 
 `ckpt_path` is resolved here: `last` means this run directory's checkpoints/last.ckpt, URLs and
 bundle directories are refused with a line that says what to do instead.
@@ -26,6 +27,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from s2s import run_lock
 from s2s.checkpoint import CheckpointError, refuse_url
 from s2s.cli import run_cli
 
@@ -47,6 +49,18 @@ def check_run_dir(output_dir: Path, *, overwrite: bool, ckpt_path: str | None) -
         f"{output_dir}: holds an earlier run ({', '.join(used)}): give a new hydra.run.dir, "
         "resume that run with ckpt_path=last, or add overwrite=true to replace its files"
     )
+
+
+def lock_run_dir(output_dir: Path) -> None:
+    """Hold `output_dir` for this run (s2s.run_lock), or refuse in one line if another process
+    holds it; on global rank 0 only."""
+    if _global_rank_zero():
+        run_lock.hold(output_dir)
+
+
+def unlock_run_dir(output_dir: Path) -> None:
+    if _global_rank_zero():
+        run_lock.release(output_dir)
 
 
 def replace_earlier_run(output_dir: Path, *, ckpt_path: str | None) -> list[Path]:
@@ -98,6 +112,7 @@ class RunDirGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         for directory in _planned_dirs(config):
+            run_cli(lock_run_dir, directory)  # held until the process ends
             run_cli(_check_config, directory, config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

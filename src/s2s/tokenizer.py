@@ -200,7 +200,8 @@ class Tokenizer:
         if path.is_dir() or path.suffix != ".json":
             path = path / "tokenizer.json"
         with atomic_write(path) as tmp:
-            self.backend.save(str(tmp))
+            # written by Python, not the Rust library: a full disk is an OSError naming the file
+            tmp.write_text(self.backend.to_str(pretty=True), encoding="utf-8")
         return path
 
     def digest(self) -> str:
