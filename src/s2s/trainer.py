@@ -59,17 +59,7 @@ def make_trainer(cfg: DictConfig, datamodule: S2SDataModule) -> L.Trainer:
     )
     data = datamodule.config
     world = trainer.world_size
-    # micro_batch_size is the most a device takes per forward: with more devices each takes
-    # less (t5_base_c4's 64 for a 40 GB card is 16 on 8 devices)
-    micro = max(1, data.batch_size // world)
-    if data.micro_batch_size is not None:
-        micro = min(micro, data.micro_batch_size)
-    if data.batch_size % (micro * world):
-        raise ValueError(
-            f"data.batch_size={data.batch_size} must be a multiple of data.micro_batch_size "
-            f"({micro}) x devices x nodes ({world})"
-        )
-    trainer.accumulate_grad_batches = data.batch_size // (micro * world)
+    micro, trainer.accumulate_grad_batches = data.device_batch(world)
     datamodule.micro_batch_size = micro
     log.info(
         "global batch %d = %d per device x %d devices x %d accumulation steps",

@@ -108,6 +108,20 @@ class DataConfig:
                     f"corruption of {self.max_source_length}-token inputs: targets need {targets}"
                 )
 
+    def device_batch(self, world: int) -> tuple[int, int]:
+        """(micro-batch, accumulation) on `world` devices: each device's share of the global
+        batch, capped by `micro_batch_size`; the global batch is micro x world x accumulation.
+        What the trainer runs and the planner plans (s2s.trainer, s2s.plan)."""
+        micro = max(1, self.batch_size // world)
+        if self.micro_batch_size is not None:
+            micro = min(micro, self.micro_batch_size)
+        if self.batch_size % (micro * world):
+            raise ValueError(
+                f"data.batch_size={self.batch_size} must be a multiple of "
+                f"data.micro_batch_size ({micro}) x devices x nodes ({world})"
+            )
+        return micro, self.batch_size // (micro * world)
+
     @property
     def t5_lengths(self) -> tuple[int, int]:
         """(raw tokens per row, target length) so T5 inputs are exactly max_source_length."""

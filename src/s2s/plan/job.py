@@ -55,15 +55,7 @@ def job_from_config(cfg: DictConfig) -> Job:
     trainer = cfg.trainer
     world = _count(trainer.get("devices", 1), "trainer.devices")
     world *= _count(trainer.get("num_nodes", 1), "trainer.num_nodes")
-    # as s2s.trainer.make_trainer: micro_batch_size caps a device's share of the batch
-    micro = max(1, data.batch_size // world)
-    if data.micro_batch_size is not None:
-        micro = min(micro, data.micro_batch_size)
-    if data.batch_size % (micro * world):
-        raise ValueError(
-            f"data.batch_size={data.batch_size} must be a multiple of data.micro_batch_size "
-            f"({micro}) x devices x nodes ({world})"
-        )
+    micro, _ = data.device_batch(world)  # as the trainer splits the global batch
     target = str(OmegaConf.select(cfg, "optimizer._target_") or "")
     optimizer = target.rsplit(".", 1)[-1]
     if optimizer not in OPTIMIZERS:
