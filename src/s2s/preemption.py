@@ -65,6 +65,12 @@ class Preemption(L.Callback):
         signum = self._agreed_signal()
         if not signum:
             return
+        for callback in trainer.checkpoint_callbacks:
+            mine = Path(callback.dirpath or "") == self.checkpoint.parent
+            if getattr(callback, "save_last", False) and mine:
+                # saved as the callback's own last.ckpt, which the resumed run then overwrites
+                # (a file it did not write would make it save last-v1.ckpt beside it)
+                callback.last_model_path = str(self.checkpoint)
         trainer.save_checkpoint(self.checkpoint)
         name = signal.Signals(signum).name
         raise Interrupted(
