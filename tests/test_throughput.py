@@ -63,6 +63,14 @@ def test_gpu_peaks_from_the_table_by_name():
     assert gpu_peak_flops("NVIDIA L40S", torch.bfloat16) == 362.05e12  # not the L40, not L4
     assert gpu_peak_flops("NVIDIA L4", torch.bfloat16) == 121e12
     assert gpu_peak_flops("NVIDIA A100-SXM4-80GB", torch.float32) == 156e12  # TF32
+    assert gpu_peak_flops("NVIDIA H800", torch.bfloat16) == 989.5e12
+    assert gpu_peak_flops("NVIDIA A800-SXM4-80GB", torch.bfloat16) == 312e12
+    assert gpu_peak_flops("NVIDIA H20", torch.bfloat16) == 148e12
+    assert gpu_peak_flops("NVIDIA RTX 6000 Ada Generation", torch.bfloat16) == 182.2e12
+    assert gpu_peak_flops("NVIDIA RTX A6000", torch.bfloat16) == 154.8e12
+    # no TF32 before Ampere: float32 is its own (data-sheet) peak, not half the fp16 one
+    assert gpu_peak_flops("Tesla V100-SXM2-16GB", torch.float32) == 15.7e12
+    assert gpu_peak_flops("Tesla T4", torch.float16) == 65e12
     assert gpu_peak_flops("Some Future GPU", torch.bfloat16) is None
 
 

@@ -24,9 +24,11 @@ import torch
 
 from s2s.config import ModelConfig
 
-# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from NVIDIA's data sheets (their
-# headline numbers are "with sparsity", twice these). Matched in order against
-# torch.cuda.get_device_name(), so the more specific names come first ("L40S" before "L4").
+# Dense (no sparsity) 16-bit tensor-core peaks in TFLOP/s (bf16; fp16 on V100 and T4, which
+# have no bf16), from NVIDIA's data sheets (their headline numbers are "with sparsity", twice
+# these), and the float32 matmul peak where it is not TF32 at half that (Volta and Turing have
+# no TF32). Matched in order against torch.cuda.get_device_name(), so the more specific names
+# come first ("L40S" before "L4", "H100 PCIe" before "H100").
 GPU_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("B200", 2250.0),  # HGX B200: 4.5 PFLOPS sparse per GPU
     ("H200 NVL", 835.5),
@@ -34,18 +36,27 @@ GPU_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H100 NVL", 835.5),
     ("H100 PCIe", 756.5),
     ("H100", 989.5),  # H100 SXM (reported as "H100 80GB HBM3")
+    ("H800 PCIe", 756.5),
+    ("H800", 989.5),  # the H100 SXM's tensor cores, less NVLink bandwidth
+    ("H20", 148.0),
     ("A100", 312.0),  # SXM and PCIe
+    ("A800", 312.0),  # the A100's tensor cores
     ("L40S", 362.05),
     ("L40", 181.05),
     ("L4", 121.0),
     ("A10", 125.0),
+    ("RTX 6000 Ada", 182.2),  # the L40's AD102 die
     ("RTX A6000", 154.8),
     ("RTX 4090", 165.2),  # with FP32 accumulation, as autocast runs it
     ("RTX 3090", 71.0),
+    ("V100", 125.0),  # fp16 (SXM2; PCIe 112)
+    ("T4", 65.0),  # fp16
 )
 # float32 matmuls run as TF32 (train() sets torch.set_float32_matmul_precision("high")), whose
-# dense peak is half the bf16 one on every GPU of the table.
+# dense peak is half the 16-bit one on Ampere and later ...
 TF32_FRACTION = 0.5
+# ... and as plain float32 on the GPUs before TF32
+FLOAT32_TFLOPS = {"V100": 15.7, "T4": 8.1}
 MATMUL_SIZE = 1024  # square matmul timed where no peak is known
 
 
@@ -84,7 +95,9 @@ def gpu_peak_flops(name: str, dtype: torch.dtype) -> float | None:
     """The data-sheet peak (FLOP/s) of a GPU named `name` in `dtype`; None if not in the table."""
     for key, tflops in GPU_PEAK_TFLOPS:
         if key in name:
-            return tflops * 1e12 * (TF32_FRACTION if dtype == torch.float32 else 1.0)
+            if dtype == torch.float32:
+                tflops = FLOAT32_TFLOPS.get(key, tflops * TF32_FRACTION)
+            return tflops * 1e12
     return None
 
 
