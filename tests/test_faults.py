@@ -92,6 +92,8 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(
     before = (run / "checkpoints" / "last.ckpt").read_bytes()
 
     def full_disk(checkpoint, handle):
+        if isinstance(handle, (str, os.PathLike)):  # torch.save(PATH) as it was called before
+            handle = open(handle, "wb")  # noqa: SIM115
         handle.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
