@@ -29,6 +29,7 @@ from s2s.data.noising import (
     T5NoiseConfig,
     _random_segmentation,
     compute_input_and_target_lengths,
+    noise_counts,
     noise_rng,
     random_spans_noise_mask,
     t5_apply_mask,
@@ -145,6 +146,82 @@ def test_input_and_target_lengths_are_exact(inputs_length, density, mean):
     if density != 0.5:  # the 0.5 tweak may give up one token on purpose
         ex = _t5(rng.integers(*TEXT_IDS, size=tokens_length + 1), rng, density, mean)
         assert len(ex.input_ids) > inputs_length  # tokens_length is the largest that fits
+
+
+@pytest.mark.parametrize("inputs_length", [64, 512])
+def test_input_and_target_lengths_above_half_density(inputs_length):
+    """Density 0.8 (mean span 8: the span cap does not bind): targets outgrow inputs, and only
+    density 0.5 gets the reference's one-token trim, so tokens_length stays the largest fit."""
+    tokens_length, targets_length = compute_input_and_target_lengths(inputs_length, 0.8, 8.0)
+    rng = np.random.default_rng(0)
+    ex = _t5(rng.integers(*TEXT_IDS, size=tokens_length), rng, 0.8, 8.0)
+    assert (len(ex.input_ids), len(ex.target_ids)) == (inputs_length, targets_length)
+    assert targets_length > inputs_length
+    ex = _t5(rng.integers(*TEXT_IDS, size=tokens_length + 1), rng, 0.8, 8.0)
+    assert len(ex.input_ids) > inputs_length
+
+
+def test_noise_counts_hand_worked():
+    assert noise_counts(0, 0.15, 3.0) == noise_counts(1, 0.15, 3.0) == (0, 0)  # no room
+    assert noise_counts(10, 0.01, 3.0) == (1, 1)  # round(0.1) = 0, clamped up to 1
+    assert noise_counts(10, 0.99, 3.0) == (9, 1)  # round(9.9) = 10, clamped to 9; 1 gap
+    assert noise_counts(100, 0.15, 3.0) == (15, 5)
+    # a 1-token text: no noise, the token and EOS in, EOS alone out
+    assert compute_input_and_target_lengths(2, 0.15, 3.0) == (1, 1)
+    mask = random_spans_noise_mask(1, 0.15, 3.0, np.random.default_rng(0))
+    assert mask.dtype == bool and not mask.any()
+
+
+def test_t5_inputs_keep_their_dtype_and_masks_may_be_0_or_1():
+    ids = np.arange(10, 18, dtype=np.int32)
+    mask = np.array([0, 1, 1, 0, 0, 1, 0, 0])
+    as_bool = t5_apply_mask(ids, mask.astype(bool), SENTINELS, EOS)
+    as_int = t5_apply_mask(ids, mask, SENTINELS, EOS)
+    assert as_bool.input_ids.dtype == as_bool.target_ids.dtype == np.int32
+    np.testing.assert_array_equal(as_int.input_ids, as_bool.input_ids)
+    np.testing.assert_array_equal(as_int.target_ids, as_bool.target_ids)
+    np.testing.assert_array_equal(
+        as_bool.input_ids, [10, SENTINELS[0], 13, 14, SENTINELS[1], 16, 17, EOS]
+    )
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        (
+            np.zeros((2, 3), dtype=np.int64),
+            "ids must be a 1-D integer array, got shape (2, 3) int64",
+        ),
+        (np.zeros(3, dtype=np.float32), "ids must be a 1-D integer array, got shape (3,) float32"),
+    ],
+)
+def test_ids_must_be_one_dimensional_integers(ids, message):
+    with pytest.raises(ValueError) as info:
+        t5_apply_mask(ids, np.zeros(ids.shape, dtype=bool), SENTINELS, EOS)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "inputs, targets, message",
+    [
+        (np.array([], dtype=np.int64), [EOS], "input_ids and target_ids must both end with eos_id"),
+        (
+            [10, EOS],
+            np.array([], dtype=np.int64),
+            "input_ids and target_ids must both end with eos_id",
+        ),
+        ([10, EOS], [11, EOS], "target_ids must start with a sentinel id"),
+        ([10, 5000, EOS], [5001, 11, EOS], "sentinel 5000 is in input_ids but not in target_ids"),
+    ],
+)
+def test_t5_reconstruct_refuses_what_t5_apply_mask_cannot_make(inputs, targets, message):
+    with pytest.raises(ValueError) as info:
+        t5_reconstruct(np.array(inputs), np.array(targets), np.array([5000, 5001]), EOS)
+    assert str(info.value) == message
+    # and a good pair comes back whole
+    ids = np.array([10, 11, 12])
+    ex = t5_apply_mask(ids, np.array([False, True, False]), np.array([5000, 5001]), EOS)
+    np.testing.assert_array_equal(t5_reconstruct(ex.input_ids, ex.target_ids, [5000], EOS), ids)
 
 
 def test_input_lengths_when_spans_are_capped():
@@ -543,6 +620,8 @@ def test_bart_sentence_permutation_keeps_target_and_word_alignment():
         (lambda: T5NoiseConfig(noise_density=float("nan")), "data.noise.noise_density=nan"),
         (lambda: T5NoiseConfig(mean_noise_span_length=0), "data.noise.mean_noise_span_length=0"),
         (lambda: T5NoiseConfig(noise_density="0.1"), "data.noise.noise_density='0.1' must be a"),
+        (lambda: T5NoiseConfig(mean_noise_span_length="3"), "data.noise.mean_noise_span_length="),
+        (lambda: BartNoiseConfig(random_ratio="x"), "data.noise.random_ratio='x' must be a"),
         (lambda: BartNoiseConfig(mask_ratio=1.0), "data.noise.mask_ratio=1.0 must be in [0, 1)"),
         (lambda: BartNoiseConfig(mask_ratio=-0.1), "data.noise.mask_ratio=-0.1"),
         (lambda: BartNoiseConfig(poisson_lambda=0.0), "data.noise.poisson_lambda=0.0 must be > 0"),
@@ -560,3 +639,7 @@ def test_config_errors_name_the_key(make, message):
 def test_default_configs_are_valid():
     assert T5NoiseConfig() == T5NoiseConfig(noise_density=0.15, mean_noise_span_length=3.0)
     assert BartNoiseConfig(mask_ratio=0.0).mask_ratio == 0.0
+    # the edges that are allowed: every span filled at random, spans shorter than a token
+    assert BartNoiseConfig(random_ratio=1.0).random_ratio == 1.0
+    assert T5NoiseConfig(mean_noise_span_length=0.5).mean_noise_span_length == 0.5
+    assert BartNoiseConfig(poisson_lambda=0.5).poisson_lambda == 0.5
