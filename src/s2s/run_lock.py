@@ -24,6 +24,7 @@ from pathlib import Path
 
 LOCK_FILE = "run.lock"
 _held: dict[Path, tuple[int, int]] = {}  # directory -> (open file descriptor, nesting count)
+_created: set[Path] = set()  # directories that hold() made (removed again if left empty)
 
 
 class RunDirLocked(ValueError):
@@ -37,6 +38,8 @@ def hold(directory: Path) -> None:
         fd, count = _held[key]
         _held[key] = (fd, count + 1)
         return
+    if not directory.exists():
+        _created.add(key)
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -62,4 +65,11 @@ def release(directory: Path) -> None:
     if count > 1:
         _held[key] = (fd, count - 1)
         return
+    if key in _created:
+        _created.discard(key)
+        # a run refused before it wrote anything leaves no directory behind (only the lock
+        # file is there: removed while still held, so no other holder can have it)
+        if [p.name for p in directory.iterdir()] == [LOCK_FILE]:
+            (directory / LOCK_FILE).unlink()
+            directory.rmdir()
     os.close(fd)  # closing the only descriptor of the open file releases the flock
