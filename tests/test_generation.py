@@ -12,7 +12,13 @@ from helpers.model import padded_batch
 
 from s2s.generation import GenerationConfig, generate
 from s2s.generation.beam import beam_search
-from s2s.generation.processors import forbid_eos, no_repeat_ngram, repetition_penalty
+from s2s.generation.processors import (
+    forbid_eos,
+    force,
+    no_repeat_ngram,
+    process,
+    repetition_penalty,
+)
 from s2s.generation.sampling import top_k_filter, top_p_filter
 from s2s.generation.source import encode
 
@@ -207,6 +213,34 @@ def test_repetition_penalty_by_hand():
     history = torch.tensor([[0, 1, 1]])
     expected = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
     assert torch.equal(repetition_penalty(scores, history, 2.0), expected)
+
+
+def test_repetition_penalty_divides_small_positive_scores():
+    scores = torch.tensor([[0.5, 0.0, -0.5, 4.0]])  # all four seen; 0 stays 0 either way
+    history = torch.tensor([[0, 1, 2, 3]])
+    expected = torch.tensor([[0.25, 0.0, -1.0, 2.0]])
+    assert torch.equal(repetition_penalty(scores, history, 2.0), expected)
+
+
+def test_force_and_process_by_hand():
+    """`process` applies each setting at its step: forced BOS at step 0, EOS forbidden before
+    min_new_tokens, forced EOS at the last step, penalties everywhere; nothing when off."""
+    scores = torch.tensor([[0.5, 1.0, 2.0, -1.0]])
+    history = torch.tensor([[0, 3]])
+    inf = float("-inf")
+    assert force(scores, 2).tolist() == [[inf, inf, 0.0, inf]]
+    off = GenerationConfig(max_new_tokens=3)
+    assert all(torch.equal(process(scores, history, s, off, EOS), scores) for s in range(3))
+    config = GenerationConfig(
+        max_new_tokens=3, min_new_tokens=2, forced_bos_token_id=2, forced_eos_token_id=EOS
+    )
+    assert process(scores, history, 0, config, EOS).tolist() == [[inf, inf, 0.0, inf]]
+    assert process(scores, history, 1, config, EOS).tolist() == [[0.5, inf, 2.0, -1.0]]
+    assert process(scores, history, 2, config, EOS).tolist() == [[inf, 0.0, inf, inf]]
+    penalised = GenerationConfig(max_new_tokens=3, repetition_penalty=2.0)
+    assert process(scores, history, 1, penalised, EOS).tolist() == [[0.25, 1.0, 2.0, -2.0]]
+    ngram = GenerationConfig(max_new_tokens=3, no_repeat_ngram_size=1)  # no token twice
+    assert process(scores, history, 1, ngram, EOS).tolist() == [[inf, 1.0, 2.0, inf]]
 
 
 def test_no_repeat_ngram_by_hand():
