@@ -10,8 +10,9 @@ import pytest
 
 from s2s.data.config import DataConfig
 from s2s.data.datamodule import S2SDataModule
+from s2s.data.examples import IGNORE_INDEX
 from s2s.data.mixture import DenoiserConfig
-from s2s.data.noising import noise_rng
+from s2s.data.noising import noise_rng, t5_reconstruct
 from s2s.data.objectives import block_length, build_objective
 from s2s.prepare import prepare
 
@@ -129,3 +130,27 @@ def test_mixture_trains_from_memory_and_from_a_prepared_directory(tokenizer, wri
         dm.setup("fit")
         batch = next(iter(dm.train_dataloader()))
         assert batch["input_ids"].shape[1] <= 96 and batch["labels"].shape[1] <= 64
+        for row in range(4):
+            assert_row_restores_the_text(tokenizer, batch, row)
+
+
+STORY = "the king and the queen went home " * 8  # every text is this sentence repeated
+
+
+def assert_row_restores_the_text(tokenizer, batch, row: int) -> None:
+    """A row is a mode prefix, then either span corruption (put the spans back: t5_reconstruct)
+    or a prefix whose target continues it; either way, a slice of the packed texts ("\n\n"
+    between texts) comes back, each text's part a piece of the repeated sentence."""
+    ids = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
+    labels = [t for t in batch["labels"][row].tolist() if t != IGNORE_INDEX]
+    modes = {m: tokenizer.encode(m) for m in ("[NLU]", "[NLG]", "[S2S]")}
+    mode = next(m for m, prefix in modes.items() if ids[: len(prefix)] == prefix)
+    rest = ids[len(modes[mode]) :]
+    if mode == "[S2S]":
+        restored = rest[:-1] + labels[:-1]  # input, target: each ends in EOS
+    else:
+        restored = t5_reconstruct(rest, labels, tokenizer.sentinel_ids, tokenizer.eos_id).tolist()
+    text = tokenizer.decode(restored)
+    assert text.strip()
+    for piece in text.split("\n\n"):
+        assert piece.strip() in STORY, (mode, piece)
