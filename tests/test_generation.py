@@ -254,6 +254,14 @@ def test_no_repeat_ngram_by_hand():
     assert torch.equal(no_repeat_ngram(scores, history[:, :1], 2), scores)
 
 
+def test_no_repeat_ngram_trigrams_and_a_history_of_exactly_n():
+    scores = torch.zeros(1, 6)
+    out = no_repeat_ngram(scores, torch.tensor([[1, 2, 3, 4, 1, 2]]), 3)  # (1, 2) was -> 3
+    assert torch.isinf(out[0]).nonzero().flatten().tolist() == [3]
+    out = no_repeat_ngram(scores, torch.tensor([[5, 5]]), 2)  # the one bigram (5, 5) so far
+    assert torch.isinf(out[0]).nonzero().flatten().tolist() == [5]
+
+
 def test_forbid_eos_and_filters_by_hand():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
     assert forbid_eos(logits, 1)[0, 1] == float("-inf") and logits[0, 1] == 3.0

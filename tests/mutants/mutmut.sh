@@ -21,6 +21,12 @@ tar -C "$repo" --exclude=./.venv --exclude=./.git --exclude=./outputs --exclude=
   echo "pytest_add_cli_args_test_selection="
   printf '    %s\n' "$@"
   printf 'pytest_add_cli_args=\n    -p\n    no:cacheprovider\n    -m\n    not slow\n'
+  # a mutant whose tests run this many times longer than unmutated counts as a timeout; the
+  # generation tests slow down under load, so raise it when equivalent mutants time out
+  echo "timeout_multiplier=${MUTMUT_TIMEOUT_MULTIPLIER:-15}"
+  # workers forked from a process that never ran torch: forking after torch's thread pools
+  # started hangs some workers (mutmut's docs: "not fork-safe (gevent, grpc, torch)")
+  echo "process_isolation=forkserver"
 } > "$work/setup.cfg"
 cd "$work"
 echo "mutmut in $work"
