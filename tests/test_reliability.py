@@ -351,9 +351,14 @@ def test_overwrite_replaces_the_earlier_runs_checkpoints_and_logs(tiny_data, tmp
 
 
 def test_the_hydra_guard_refuses_before_hydra_writes(trained, capsys):
-    with pytest.raises(SystemExit):
-        guard_cfg = OmegaConf.create({"hydra": {"run": {"dir": str(trained)}}, "overwrite": False})
-        RunDirGuard().on_run_start(guard_cfg)
+    from s2s import run_lock
+
+    try:
+        with pytest.raises(SystemExit):
+            guard = {"hydra": {"run": {"dir": str(trained)}}, "overwrite": False}
+            RunDirGuard().on_run_start(OmegaConf.create(guard))
+    finally:  # the guard holds the directory until its process ends: this process goes on
+        run_lock.release(trained)
     assert capsys.readouterr().err.startswith(f"error: {trained}: holds an earlier run")
     hydra_cfg = compose_train([f"hydra.run.dir={trained}"])
     assert "run_dir_guard" in OmegaConf.load(REPO / "conf/hydra/default.yaml").callbacks

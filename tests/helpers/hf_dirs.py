@@ -15,6 +15,8 @@ or bias cannot hide behind its initial value.
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -46,17 +48,23 @@ def training_lines(n: int = 400) -> list[str]:
 
 
 def t5_tokenizer(vocab_size: int = 300) -> Tokenizer:
-    backend = Tokenizer(models.Unigram())
+    """A unigram model built from word counts (not trained: the `tokenizers` unigram trainer
+    gives another vocabulary in every process): the most frequent words with their log
+    frequencies, then every single character, so any text of these characters encodes."""
+    counts: Counter[str] = Counter()
+    for line in training_lines():
+        counts.update(f"▁{word}" for word in line.split())
+    chars = sorted({c for piece in counts for c in piece})
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    room = vocab_size - T5_SENTINELS - len(specials) - len(chars)
+    total = sum(counts.values())
+    words = [(w, math.log(c / total)) for w, c in counts.most_common() if len(w) > 2][:room]
+    pieces = specials + words + [(c, -20.0) for c in chars]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2))
     backend.normalizer = normalizers.Sequence([normalizers.NFKC()])
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size - T5_SENTINELS,
-        special_tokens=["<pad>", "</s>", "<unk>"],
-        unk_token="<unk>",
-        show_progress=False,
-    )
-    backend.train_from_iterator(training_lines(), trainer=trainer)
+    backend.add_special_tokens(["<pad>", "</s>", "<unk>"])
     # T5 numbers its sentinels from the top of the vocabulary downwards
     backend.add_special_tokens([f"<extra_id_{i}>" for i in reversed(range(T5_SENTINELS))])
     backend.post_processor = processors.TemplateProcessing(

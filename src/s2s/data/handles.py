@@ -52,7 +52,8 @@ class OpenFiles:
             os.close(self._fds.popitem()[1])
 
     def __del__(self) -> None:
-        if getattr(self, "_pid", None) == os.getpid():
+        # at interpreter exit module globals (os) may already be gone: the OS closes the files
+        if os is not None and os.getpid is not None and getattr(self, "_pid", None) == os.getpid():
             self.close()
 
     def _fd(self, path: Path) -> int:
