@@ -78,12 +78,13 @@ def from_hf(source: PreTrainedModel | str | os.PathLike) -> Seq2SeqTransformer:
 def _from_directory(path: str | os.PathLike) -> Seq2SeqTransformer:
     from s2s.bundle import load_weights
     from s2s.interop.hf_dir import is_hf_directory, read_hf_model
+    from s2s.model.meta import meta_model
 
     if not is_hf_directory(path):
         raise FileNotFoundError(f"{path} is not a local save_pretrained directory")
     config, state = read_hf_model(Path(path))
-    model = Seq2SeqTransformer(config)
-    load_weights(model, state, str(path))
+    model = meta_model(config)  # no initialisation for the loaded weights to overwrite
+    load_weights(model, state, str(path), assign=True)
     return model.eval()
 
 

@@ -22,19 +22,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-import pickle
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import processors
 
-from s2s.checkpoint import CheckpointError, Framing, LoadedCheckpoint, check_loadable
+from s2s.checkpoint import Framing, LoadedCheckpoint, check_loadable
 from s2s.config import ModelConfig, check_size
 from s2s.interop.hf_config import (
     HFConfigError,
@@ -44,6 +40,13 @@ from s2s.interop.hf_config import (
     model_type_of,
 )
 from s2s.interop.hf_weights import IGNORABLE, hf_from_ours, ours_from_hf, weight_table
+from s2s.interop.weight_files import (
+    SAFETENSORS,
+    HFDirectoryError,
+    Weights,
+    json_object,
+    open_weights,
+)
 from s2s.tokenizer import BOS, EOS, MASK, PAD, Tokenizer, TokenizerError
 
 log = logging.getLogger(__name__)
@@ -52,16 +55,9 @@ CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 TOKENIZER = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
-SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
-BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
-WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, BIN, BIN_INDEX)
 NO_LIMIT = 10**9  # transformers writes model_max_length 1e30 for "no limit"
 # tokenizer_config.json keys -> the strings s2s finds those roles by
 ROLES = {"pad_token": PAD, "eos_token": EOS, "bos_token": BOS, "mask_token": MASK}
-
-
-class HFDirectoryError(CheckpointError):
-    """A Hugging Face directory that cannot be read as an s2s model."""
 
 
 def is_hf_directory(path: str | Path) -> bool:
@@ -80,9 +76,10 @@ def read_hf_directory(directory: str | Path) -> LoadedCheckpoint:
     """Model config, tokenizer, framing and weights of an HF directory (no model built)."""
     directory = Path(directory)
     values, generation, config = _read_config(directory)
-    tokenizer = read_hf_tokenizer(directory)
+    tokenizer_config = _optional_json(directory / TOKENIZER_CONFIG)
+    tokenizer = read_hf_tokenizer(directory, tokenizer_config)
     check_loadable(config, tokenizer, str(directory / CONFIG))
-    framing = read_framing(directory, values, generation, tokenizer, values["model_type"])
+    framing = read_framing(directory, values, generation, tokenizer_config, tokenizer)
     config, state, where = _read_weights(directory, config, values["model_type"], generation)
     return LoadedCheckpoint(state, config, tokenizer, {}, where, framing, origin="hf")
 
@@ -100,10 +97,8 @@ def read_hf_model(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.T
 
 
 def _read_config(directory: Path) -> tuple[dict[str, Any], dict[str, Any], ModelConfig]:
-    values = _json(directory / CONFIG)
-    generation = {}
-    if (directory / GENERATION_CONFIG).is_file():
-        generation = _json(directory / GENERATION_CONFIG)
+    values = json_object(directory / CONFIG)
+    generation = _optional_json(directory / GENERATION_CONFIG)
     source = str(directory / CONFIG)
     try:
         model_type_of(values, source)
@@ -134,21 +129,17 @@ def _read_weights(
     return config, state, weights.where
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise HFDirectoryError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(values, dict):
-        raise HFDirectoryError(f"{path}: not a JSON object")
-    return values
-
-
 # -- tokenizer and framing -----------------------------------------------------------------
 
 
-def read_hf_tokenizer(directory: Path) -> Tokenizer:
-    """The directory's tokenizer, its special tokens checked against the roles s2s reads."""
+def _optional_json(path: Path) -> dict[str, Any]:
+    """A JSON object file a directory may leave out ({} when absent)."""
+    return json_object(path) if path.is_file() else {}
+
+
+def read_hf_tokenizer(directory: Path, config: dict[str, Any]) -> Tokenizer:
+    """The directory's tokenizer, its special tokens checked against the roles s2s reads
+    (`config`: its tokenizer_config.json, {} when absent)."""
     path = directory / TOKENIZER
     if path.is_file():
         try:
@@ -157,18 +148,15 @@ def read_hf_tokenizer(directory: Path) -> Tokenizer:
             raise HFDirectoryError(str(err)) from None
     else:
         tokenizer = _converted_tokenizer(directory)
-    config = directory / TOKENIZER_CONFIG
-    if config.is_file():
-        values = _json(config)
-        for key, ours in ROLES.items():
-            name = values.get(key)
-            name = name.get("content") if isinstance(name, dict) else name
-            if name is not None and name != ours:
-                raise HFDirectoryError(
-                    f"{config}: {key} is {name!r}; s2s finds this role by the string {ours!r}"
-                    " (T5 and BART tokenizers use it): a tokenizer naming it otherwise is not"
-                    " supported"
-                )
+    for key, ours in ROLES.items():
+        name = config.get(key)
+        name = name.get("content") if isinstance(name, dict) else name
+        if name is not None and name != ours:
+            raise HFDirectoryError(
+                f"{directory / TOKENIZER_CONFIG}: {key} is {name!r}; s2s finds this role by the"
+                f" string {ours!r} (T5 and BART tokenizers use it): a tokenizer naming it"
+                " otherwise is not supported"
+            )
     return tokenizer
 
 
@@ -201,24 +189,26 @@ def read_framing(
     directory: Path,
     values: dict[str, Any],
     generation: dict[str, Any],
+    tokenizer_config: dict[str, Any],
     tokenizer: Tokenizer,
-    kind: str,
 ) -> Framing:
+    """From config.json (`values`), generation_config.json, tokenizer_config.json and the
+    tokenizer's post-processor."""
+
     def setting(key: str) -> Any:
         return generation[key] if generation.get(key) is not None else values.get(key)
 
     limit = None
-    if (directory / TOKENIZER_CONFIG).is_file():
-        length = _json(directory / TOKENIZER_CONFIG).get("model_max_length")
-        if isinstance(length, (int, float)) and 2 <= length < NO_LIMIT:
-            limit = int(length)
+    length = tokenizer_config.get("model_max_length")
+    if isinstance(length, (int, float)) and 2 <= length < NO_LIMIT:
+        limit = int(length)
     forced = {}
     for key in ("forced_bos_token_id", "forced_eos_token_id"):
         value = setting(key)
         forced[key] = None if value is None else first_id(value, key, str(directory / CONFIG))
     return Framing(
         max_source_length=limit,
-        add_bos=_starts_with_bos(tokenizer, kind),
+        add_bos=_starts_with_bos(tokenizer, values["model_type"]),
         **forced,
     )
 
@@ -237,132 +227,7 @@ def _starts_with_bos(tokenizer: Tokenizer, kind: str) -> bool:
     return kind == "bart" and tokenizer.bos_id is not None
 
 
-# -- weights -------------------------------------------------------------------------------
-
-
-class _Weights:
-    """Named tensors of a directory's weight files, read one at a time."""
-
-    def __init__(self, files: dict[str, Path], readers: dict[Path, Any], where: str) -> None:
-        self.files, self.readers, self.where = files, readers, where
-        self.names = list(files)
-        self.head = "lm_head.weight"
-
-    def get(self, name: str) -> torch.Tensor:
-        if name not in self.files:
-            raise HFDirectoryError(
-                f"{self.where}: missing weight {name!r} (the directory's config.json describes a"
-                " model that has it: a damaged or partial download?)"
-            )
-        return self.readers[self.files[name]](name)
-
-
-@contextmanager
-def open_weights(directory: Path) -> Iterator[_Weights]:
-    found = [name for name in WEIGHT_FILES if (directory / name).is_file()]
-    if not found:
-        raise HFDirectoryError(f"{directory}: no weights ({', '.join(WEIGHT_FILES)})")
-    first = directory / found[0]
-    if found[0].endswith(".index.json"):
-        index = _json(first).get("weight_map")
-        if not isinstance(index, dict):
-            raise HFDirectoryError(f"{first}: no 'weight_map' object")
-        files = {name: directory / str(shard) for name, shard in index.items()}
-    else:
-        files = None
-    with ExitStack() as stack:
-        readers: dict[Path, Any] = {}
-        shards = sorted(set(files.values())) if files is not None else [first]
-        names: dict[str, Path] = {}
-        for shard in shards:
-            reader, keys = _open_shard(shard, stack)
-            readers[shard] = reader
-            names.update(dict.fromkeys(keys, shard))
-        yield _Weights(files if files is not None else names, readers, str(first))
-
-
-def _open_shard(path: Path, stack: ExitStack) -> tuple[Any, list[str]]:
-    if not path.is_file():
-        raise HFDirectoryError(f"{path}: weight shard not found")
-    if path.suffix == ".safetensors":
-        shard = stack.enter_context(SafetensorsReader(path))
-        return shard.get, shard.names
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise HFDirectoryError(
-            f"{path}: refused: the file holds objects that are not plain tensors ({reason[:120]});"
-            " s2s never unpickles code"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise HFDirectoryError(f"{path}: not a readable weights file ({err})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise HFDirectoryError(f"{path}: not a state dict of tensors")
-    return (lambda name: state[name].clone()), list(state)  # owned, not the file's mapping
-
-
-class SafetensorsReader:
-    """Tensors of a `.safetensors` file, each read straight into a buffer of its own.
-
-    The format (8-byte little-endian header length, a JSON header of names, dtypes, shapes
-    and byte offsets, then the raw data) is read here rather than through the `safetensors`
-    library's `safe_open`, whose memory map keeps every page read in the process's resident
-    memory until the file is closed: reading a 1 GB model that way peaks at twice its size,
-    reading tensor by tensor peaks at its size (benchmarks/hf_load.py). Writing still uses the
-    library.
-    """
-
-    DTYPES: ClassVar[dict[str, torch.dtype]] = {
-        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-        "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
-        "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-    }  # fmt: skip
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.file = path.open("rb")
-        try:
-            self.header, self.start = self._header()
-        except (ValueError, KeyError, TypeError) as err:
-            self.file.close()
-            raise HFDirectoryError(f"{path}: not readable safetensors ({err})") from None
-        self.names = list(self.header)
-
-    def _header(self) -> tuple[dict[str, Any], int]:
-        size = self.path.stat().st_size
-        length = int.from_bytes(self.file.read(8), "little")
-        if not 2 <= length <= size - 8:
-            raise ValueError(f"header length {length} does not fit a {size}-byte file")
-        header = json.loads(self.file.read(length))
-        header.pop("__metadata__", None)
-        for name, info in header.items():
-            begin, end = info["data_offsets"]
-            dtype = self.DTYPES[info["dtype"]]
-            count = math.prod(info["shape"]) * dtype.itemsize
-            if end - begin != count or not 0 <= begin <= end <= size - 8 - length:
-                raise ValueError(f"tensor {name!r}: offsets {begin}-{end} do not fit its shape")
-        return header, 8 + length
-
-    def get(self, name: str) -> torch.Tensor:
-        info = self.header[name]
-        tensor = torch.empty(info["shape"], dtype=self.DTYPES[info["dtype"]])
-        begin, end = info["data_offsets"]
-        self.file.seek(self.start + begin)
-        if end > begin:
-            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-            if self.file.readinto(view) != end - begin:
-                raise HFDirectoryError(f"{self.path}: cut short inside tensor {name!r}")
-        return tensor
-
-    def __enter__(self) -> SafetensorsReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.file.close()
-
-
-def _is_tied(weights: _Weights, kind: str) -> bool:
+def _is_tied(weights: Weights, kind: str) -> bool:
     """A head stored apart and unequal to the embedding means untied (see hf_config)."""
     if weights.head not in weights.files:
         return True
