@@ -43,6 +43,7 @@ from s2s.evaluation.masked_lines import MaskedLine, make_masked_lines
 from s2s.files import atomic_write, remove_stale_tmp_files
 from s2s.metrics import METRICS, check_metrics
 from s2s.model import Seq2SeqTransformer
+from s2s.model.meta import meta_model
 from s2s.paths import project_root  # noqa: F401  (registers ${s2s_root:})
 from s2s.run_dir import (
     check_run_dir,
@@ -123,13 +124,14 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     pretrained = read_pretrained(cfg.init_from, "init_from") if cfg.get("init_from") else None
     source = resumed or pretrained
     framing = source.framing if source is not None else Framing()
-    if pretrained is not None and pretrained.origin == "hf":
+    from_hf = pretrained is not None and pretrained.origin == "hf"
+    if from_hf:
         data_config = within_positions(data_config, pretrained.config)
     datamodule = S2SDataModule(
         data_config, source.tokenizer if source else None, add_bos=framing.add_bos
     )
     tokenizer = datamodule.tokenizer
-    if pretrained is not None and pretrained.origin == "hf":
+    if from_hf:
         # a Hugging Face model is its own architecture: no preset describes it; dropouts
         # given on the command line (model.dropout=0.05) replace the directory's
         changes = _command_line_training_fields(cfg)
@@ -145,13 +147,17 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         check_same_architecture(model_config, resumed.config, f"ckpt_path={ckpt_path}")
     if pretrained is not None:
         check_same_architecture(model_config, pretrained.config, f"init_from={cfg.init_from}")
-    model = kernels.install(Seq2SeqTransformer(model_config))  # S2S_KERNELS=0: plain
+    if pretrained is not None and resumed is None:  # a resume restores its own weights
+        # the pre-trained tensors themselves, with no random initialisation to overwrite
+        model = meta_model(model_config)
+        load_weights(model, pretrained.state_dict, pretrained.source, assign=True)
+        log.info("initialised from %s", cfg.init_from)
+    else:
+        model = Seq2SeqTransformer(model_config)
+    model = kernels.install(model)  # S2S_KERNELS=0: plain
     log.info(describe(model))
     model.set_attention_backend(str(cfg.get("attention_backend", "sdpa")))
     model.checkpoint_activations(bool(cfg.get("activation_checkpointing", False)))
-    if pretrained is not None and resumed is None:  # a resume restores its own weights
-        load_weights(model, pretrained.state_dict, pretrained.source)
-        log.info("initialised from %s", cfg.init_from)
     if pretrained is not None and copy_warmup.steps:
         # the warm-up teaches a model from scratch to read its source; a pre-trained one does
         log.info("init_from: no copy warm-up (copy_warmup.steps=%d ignored)", copy_warmup.steps)
