@@ -57,6 +57,8 @@ def make_trainer(cfg: DictConfig, datamodule: S2SDataModule) -> L.Trainer:
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
     )
+    if cfg.get("compile"):
+        overlap_compiled_ddp(trainer.strategy)
     data = datamodule.config
     world = trainer.world_size
     micro, trainer.accumulate_grad_batches = data.device_batch(world)
@@ -69,6 +71,29 @@ def make_trainer(cfg: DictConfig, datamodule: S2SDataModule) -> L.Trainer:
         trainer.accumulate_grad_batches,
     )
     return trainer
+
+
+def overlap_compiled_ddp(strategy: L.pytorch.strategies.Strategy) -> None:
+    """compile=true under DDP: keep the all-reduce overlapping the backward, and say so.
+
+    s2s compiles the model inside the LightningModule (checkpoints keep plain `model.*` keys),
+    not the DDP wrapper. That overlaps as well, given dynamo's DDPOptimizer: the first compile
+    runs inside DDP's forward (Lightning calls training_step and validation_step through it),
+    where dynamo finds the active DDP module and splits the graph at DDP's gradient buckets, so
+    each bucket's all-reduce starts while the backward of earlier layers still runs (torch's
+    `torch/_dynamo/backends/distributed.py`). With `torch._dynamo.config.optimize_ddp` off,
+    one graph's backward ends before any all-reduce: this turns it back on.
+    """
+    if not isinstance(strategy, L.pytorch.strategies.DDPStrategy):
+        return
+    mode = torch._dynamo.config.optimize_ddp
+    if mode in (False, "no_optimization"):
+        mode = torch._dynamo.config.optimize_ddp = "ddp_optimizer"
+    log.info(
+        "compile=true under DDP: the model is compiled inside DDP's forward with "
+        "torch._dynamo.config.optimize_ddp=%r, so DDP's all-reduce overlaps the backward",
+        mode,
+    )
 
 
 def _fault_callbacks(cfg: DictConfig) -> list[L.Callback]:
