@@ -104,7 +104,8 @@ class Seq2SeqLitModule(L.LightningModule):
         self._warmup_reported = False
         self._forward = model
         if compile:  # `compile` in conf/train.yaml
-            # Compiled separately so checkpoints keep plain `model.*` keys.
+            # Compiled separately so checkpoints keep plain `model.*` keys; under DDP it is
+            # split at DDP's buckets all the same (s2s.trainer.overlap_compiled_ddp).
             object.__setattr__(self, "_forward", torch.compile(model))
         self.framing = framing  # how inputs are framed, stored in checkpoints for generate.py
         self.peak_tflops = peak_tflops  # the device peak MFU is against (None: s2s.throughput)
