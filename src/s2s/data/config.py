@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from s2s.data.mixture import DenoiserConfig, default_mixture
+from s2s.data.mixture import DenoiserConfig, default_mixture, mixture_block_length
 from s2s.data.noising import BartNoiseConfig, T5NoiseConfig, compute_input_and_target_lengths
 from s2s.settings import from_mapping
 from s2s.tokenizer import TokenizerConfig
@@ -107,6 +107,10 @@ class DataConfig:
                     f"data.max_target_length={self.max_target_length} is too short for T5 span "
                     f"corruption of {self.max_source_length}-token inputs: targets need {targets}"
                 )
+        if self.objective == "mixture":  # every denoiser must fit the lengths: else say which
+            mixture_block_length(
+                self.noise.mixture, self.max_source_length, self.max_target_length
+            )
 
     def device_batch(self, world: int) -> tuple[int, int]:
         """(micro-batch, accumulation) on `world` devices: each device's share of the global

@@ -13,8 +13,9 @@ import numpy as np
 
 from s2s.data.config import DataConfig
 from s2s.data.infilling import bart_text_infilling
-from s2s.data.mixture import MixtureObjective, build_mixture, mixture_block_length
+from s2s.data.mixture import mixture_block_length
 from s2s.data.noising import NoisedExample, t5_span_corruption
+from s2s.data.ul2 import MixtureObjective, build_mixture
 from s2s.tokenizer import Tokenizer
 
 
@@ -132,14 +133,14 @@ def build_objective(config: DataConfig, tokenizer: Tokenizer) -> Objective:
             encode=tokenizer.encode,
             sentinel_ids=tokenizer.sentinel_ids,
             eos_id=tokenizer.eos_id,
-            max_source=config.max_source_length,
-            max_target=config.max_target_length,
+            block_length=block_length(config),
         )
     return Identity(eos_id=tokenizer.eos_id)
 
 
 def block_length(config: DataConfig) -> int:
-    """Raw tokens per packed row: T5 rows give exactly max_source_length-token inputs."""
+    """Raw tokens per packed row: T5 rows give exactly max_source_length-token inputs; a
+    mixture's rows are noised whole by every denoiser (s2s.data.mixture)."""
     if config.objective == "t5":
         return config.t5_lengths[0]
     if config.objective == "mixture":
