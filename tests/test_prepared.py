@@ -88,7 +88,7 @@ def test_prepared_rows_equal_the_in_memory_rows(tokenizer, tok_file, text_json, 
         assert a.rows[i].tolist() == b.rows[i].tolist(), i
         assert a[(3, i)].input_ids.tolist() == b[(3, i)].input_ids.tolist()  # same noise
     # the same stream as `pack` of the tokenised file
-    rows = pack(tokenize_file(text_json, tokenizer, None).inputs, 23, tokenizer.encode("\n\n"))
+    rows = pack(tokenize_file(text_json, tokenizer, None).inputs, 23, [tokenizer.eos_id])
     assert [a.rows[i].tolist() for i in range(len(a))] == [rows[i].tolist() for i in range(len(a))]
 
 
@@ -248,11 +248,11 @@ def test_reader_opens_shards_lazily_and_pickles_without_descriptors(
     )
     text = open_prepared(tmp_path / "big").streams["text"]
     assert len(text.shards) > 10 and not len(text.files)  # nothing opened until a read
-    doc = text.document(200, trim=2)
+    doc = text.document(200, trim=1)  # its end-of-document id
     assert tokenizer.decode(doc.tolist()) == corpus[200]
     assert len(text.files) == 2  # one .idx and one .bin: not every shard
     clone = pickle.loads(pickle.dumps(text))  # what a DataLoader worker receives
-    assert not len(clone.files) and clone.document(200, trim=2).tolist() == doc.tolist()
+    assert not len(clone.files) and clone.document(200, trim=1).tolist() == doc.tolist()
 
 
 @pytest.mark.slow  # imports datasets and pyarrow (seconds)

@@ -69,7 +69,7 @@ def test_thousands_of_shards_read_under_ulimit_256(tokenizer, tok_file, tmp_path
         for text in corpus:
             expected.update(np.asarray(tokenizer.encode(text), dtype=np.int64).tobytes())
     done = subprocess.run(
-        [sys.executable, "-c", READ_UNDER_ULIMIT, str(tmp_path / "many"), "2"],
+        [sys.executable, "-c", READ_UNDER_ULIMIT, str(tmp_path / "many"), "1"],  # EOS trimmed
         capture_output=True,
         text=True,
         timeout=300,
@@ -146,7 +146,9 @@ def test_a_killed_prepare_is_resumed_with_its_finished_shards(tok_file, tmp_path
     assert not (out / "manifest.json").exists() and (out / STAGING / "progress.json").is_file()
     encoded = []
     encode = s2s.prepare._encode_chunk
-    monkeypatch.setattr(s2s.prepare, "_encode_chunk", lambda c: encoded.append(len(c)) or encode(c))
+    monkeypatch.setattr(
+        s2s.prepare, "_encode_chunk", lambda c, **kw: encoded.append(len(c)) or encode(c, **kw)
+    )
     resumed = prepare([str(corpus)], out, tokenizer=str(tok_file), shard_tokens=400)
     assert 0 < sum(encoded) < 2000  # the finished shards' documents were not tokenised again
     assert resumed == reference
@@ -175,7 +177,9 @@ def test_a_publish_cut_short_is_finished_by_the_next_run(tok_file, tmp_path, mon
     assert not (out / "manifest.json").exists()  # neither dataset is readable here...
     encoded = []
     encode = s2s.prepare._encode_chunk
-    monkeypatch.setattr(s2s.prepare, "_encode_chunk", lambda c: encoded.append(len(c)) or encode(c))
+    monkeypatch.setattr(
+        s2s.prepare, "_encode_chunk", lambda c, **kw: encoded.append(len(c)) or encode(c, **kw)
+    )
     assert prepare([str(second)], out, tokenizer=str(tok_file), shard_tokens=300) == reference
     assert not encoded  # ...until the next run finishes the swap, with nothing to tokenise
     assert files_of(out) == files_of(tmp_path / "ref")

@@ -13,6 +13,10 @@ tokenizer.json or another prepared directory (validation data must share the tra
 tokenizer). Running again on unchanged inputs and settings does nothing; a failed or killed run
 leaves the dataset already in the output as it was, and a killed one is resumed
 (`s2s.data.writing`).
+
+Text documents each end in the tokenizer's EOS id (`end_of_document`); empty ones are dropped
+(counted in the manifest's `empty_documents`). A literal `<mask>` or `<extra_id_0>` in a text is
+encoded as text unless --pre-masked says the corpus holds them as tokens (pairs always do).
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ from s2s.data.prepared import (
     MANIFEST,
     STREAMS,
     TOKENIZER,
+    VERSION,
     Manifest,
     PreparedError,
     Shard,
+    end_of_document,
     open_prepared,
     sha256_file,
 )
@@ -50,7 +56,6 @@ from s2s.tokenizer import Tokenizer, TokenizerConfig
 log = logging.getLogger("s2s.prepare")
 CHUNK = 512  # documents per task sent to a worker
 SAMPLE = "tokenizer_sample.json"  # staging: the inputs the tokenizer was trained on
-SEPARATOR = "\n\n"  # between packed documents, as the in-memory data module joins them
 
 
 def prepare(
@@ -64,19 +69,24 @@ def prepare(
     sample_documents: int = 100_000,
     shard_tokens: int = 1 << 27,
     text_field: str | None = None,
+    pre_masked: bool = False,
     progress: bool = True,
 ) -> Manifest:
     """Write the prepared dataset of `inputs` to `output` (or find it up to date); its manifest.
 
     Written into `output/.staging` and swapped in when complete (`s2s.data.writing`): a bad
     record or a kill leaves the dataset already in `output` as it was, and a run killed with
-    the same inputs and settings is resumed (its finished shards checked and reused)."""
+    the same inputs and settings is resumed (its finished shards checked and reused).
+    `pre_masked`: literal special-token strings in text documents are those tokens (else
+    text; pairs always read them as tokens)."""
     output = Path(output)
     sources = expand(list(inputs))
     settings = {
         "tokenizer": _tokenizer_signature(tokenizer, vocab_size, num_sentinels, sample_documents),
         "shard_tokens": shard_tokens,
         "text_field": text_field,
+        "pre_masked": pre_masked,
+        "format": VERSION,  # a new format (or its rules for ids) prepares again
     }
     fingerprint = _fingerprint([s.signature() for s in sources], settings)
     if (output / STAGING / MANIFEST).is_file():  # a run killed while swapping its data in
@@ -108,12 +118,13 @@ def prepare(
         reused = sum(len(shards) for shards in done.values())
         log.info("%s: resuming a killed run (%d finished shards reused)", output, reused)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32)
-    stream = _all_documents(sources, text_field)
+    tally = _Tally()
+    stream = _all_documents(sources, text_field, tally)
     first = next(stream, None)
     if first is None:
-        raise ValueError(f"{', '.join(inputs)}: no documents")
+        raise ValueError(f"{', '.join(inputs)}: no documents (or only empty ones)")
     kind = "text" if isinstance(first, str) else "pairs"
-    separator = tok.encode(SEPARATOR) if kind == "text" else []
+    separator = end_of_document(tok) if kind == "text" else []
     writers = {
         name: ShardWriter(staging.directory, name, dtype, separator, shard_tokens, done.get(name))
         for name in STREAMS[kind]
@@ -126,6 +137,7 @@ def prepare(
         staging,
         tokenizer_sha256,
         workers=workers,
+        specials=pre_masked or kind == "pairs",
         progress=progress,
     )
     manifest = Manifest(
@@ -139,14 +151,18 @@ def prepare(
         fingerprint=fingerprint,
         tokenizer_sha256=tokenizer_sha256,
         tokenizer_sample=sample,
+        empty_documents=tally.empty,
+        pre_masked=pre_masked or kind == "pairs",
     )
     staging.finish(manifest)
     seconds = time.perf_counter() - start
     log.info(
-        "%s: %d %s documents, %d tokens in %d shard(s), %.1f s (%.0f tokens/s)",
+        "%s: %d %s documents (%d empty ones dropped), %d tokens in %d shard(s), %.1f s "
+        "(%.0f tokens/s)",
         output,
         count,
         kind,
+        tally.empty,
         manifest.tokens,
         sum(len(s) for s in shards.values()),
         seconds,
@@ -163,6 +179,7 @@ def _write_shards(
     tokenizer_sha256: str,
     *,
     workers: int,
+    specials: bool,
     progress: bool,
 ) -> tuple[dict[str, list[Shard]], int]:
     """Tokenise `docs` into each stream's writer, recording every finished shard; documents in
@@ -172,7 +189,10 @@ def _write_shards(
     finished = sum(len(w.shards) for w in writers.values())
     with _progress(progress) as (bar, task):
         for chunk in _tokenised(
-            itertools.islice(docs, count, None), kind, staging.directory / TOKENIZER, workers
+            itertools.islice(docs, count, None),
+            staging.directory / TOKENIZER,
+            workers,
+            specials,
         ):
             for name, ids in zip(STREAMS[kind], chunk, strict=True):
                 writers[name].add(ids, first=count)
@@ -185,10 +205,22 @@ def _write_shards(
     return {name: writer.close() for name, writer in writers.items()}, count
 
 
-def _all_documents(sources: Iterable[Source], text_field: str | None) -> Iterator[Document]:
+class _Tally:
+    empty = 0  # text documents dropped as empty or whitespace only
+
+
+def _all_documents(
+    sources: Iterable[Source], text_field: str | None, tally: _Tally | None = None
+) -> Iterator[Document]:
+    """Every document of `sources` in order, empty texts left out (counted in `tally`): they
+    would add nothing but an end-of-document id."""
     kind = None
     for source in sources:
         for doc in documents(source, text_field):
+            if isinstance(doc, str) and not doc.strip():
+                if tally is not None:
+                    tally.empty += 1
+                continue
             this = "text" if isinstance(doc, str) else "pairs"
             if kind is None:
                 kind = this
@@ -201,18 +233,20 @@ def _all_documents(sources: Iterable[Source], text_field: str | None) -> Iterato
 
 
 def _tokenised(
-    docs: Iterator[Document], kind: str, tokenizer_path: Path, workers: int
+    docs: Iterator[Document], tokenizer_path: Path, workers: int, specials: bool
 ) -> Iterator[tuple[list[list[int]], ...]]:
-    """Chunks of token ids per stream, in input order, tokenised in `workers` processes."""
+    """Chunks of token ids per stream, in input order, tokenised in `workers` processes;
+    `specials`: literal special-token strings are those tokens (else text)."""
     chunks = (list(itertools.islice(docs, CHUNK)) for _ in itertools.count())
     chunks = itertools.takewhile(bool, chunks)
+    encode = partial(_encode_chunk, specials=specials)
     if workers <= 1:  # in this process: the Rust tokenizer may use its own threads
         _load_tokenizer(tokenizer_path)
-        yield from map(_encode_chunk, chunks)
+        yield from map(encode, chunks)
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
     with context.Pool(workers, _init_worker, (tokenizer_path,)) as pool:
-        yield from pool.imap(_encode_chunk, chunks, chunksize=1)
+        yield from pool.imap(encode, chunks, chunksize=1)
 
 
 _WORKER_TOKENIZER: Tokenizer | None = None
@@ -228,14 +262,13 @@ def _load_tokenizer(tokenizer_path: Path) -> None:
     _WORKER_TOKENIZER = Tokenizer.load(tokenizer_path)
 
 
-def _encode_chunk(chunk: list[Document]) -> tuple[list[list[int]], ...]:
-    assert _WORKER_TOKENIZER is not None
+def _encode_chunk(chunk: list[Document], specials: bool) -> tuple[list[list[int]], ...]:
+    tok = _WORKER_TOKENIZER
+    assert tok is not None
     if isinstance(chunk[0], str):
-        return (_WORKER_TOKENIZER.encode_batch(chunk),)
+        return (tok.encode_batch(chunk, specials),)
     inputs, targets = zip(*chunk, strict=True)
-    return _WORKER_TOKENIZER.encode_batch(list(inputs)), _WORKER_TOKENIZER.encode_batch(
-        list(targets)
-    )
+    return tok.encode_batch(list(inputs), specials), tok.encode_batch(list(targets), specials)
 
 
 def _tokenizer_for(
@@ -345,6 +378,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--shard-tokens", type=int, default=1 << 27, help="tokens per shard")
     parser.add_argument("--text-field", help="the text field of JSONL/Parquet/HF records")
+    parser.add_argument(
+        "--pre-masked",
+        action="store_true",
+        help="text documents hold <mask> / <extra_id_N> as tokens (default: as literal text)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -357,6 +395,7 @@ def main(argv: list[str] | None = None) -> None:
         sample_documents=args.sample_documents,
         shard_tokens=args.shard_tokens,
         text_field=args.text_field,
+        pre_masked=args.pre_masked,
         progress=not args.no_progress,
     )
     run_cli(job, args.inputs, args.output)

@@ -9,7 +9,11 @@ start of a trained vocabulary:
 
 A literal `<mask>` (or `<extra_id_N>`) in input text becomes that special token. Like BART's
 mask token it swallows the space before it, so "How <mask> doing?" encodes as the same ids as a
-span masked out of "How are you doing?" by the noising functions.
+span masked out of "How are you doing?" by the noising functions. That is for pre-masked
+inputs and prompts; clean text that the data module noises itself ({"Text"} records, prepared
+corpora) is encoded with `specials=False`: a literal `<mask>` there is five characters of text,
+never a mask or a sentinel that marks no span (`Tokenizer.encode_special_tokens` of the
+`tokenizers` library). `<pad>`, `</s>` and `<s>` are never matched in text (below).
 
 A pretrained `tokenizer.json` (ours, or e.g. a T5 / BART one saved by Hugging Face) can be loaded
 instead of training one; it must define a pad and an end-of-sequence token.
@@ -128,6 +132,7 @@ class Tokenizer:
         ours = [pad, eos, self.bos_id, self.mask_id, *sentinels]
         added = [i for i, tok in backend.get_added_tokens_decoder().items() if tok.special]
         self._special_set: frozenset[int] = frozenset(i for i in ours + added if i is not None)
+        self._as_text: HFTokenizer | None = None  # a copy that reads special strings as text
 
     # -- construction -----------------------------------------------------------------------
 
@@ -210,14 +215,25 @@ class Tokenizer:
 
     # -- use --------------------------------------------------------------------------------
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; no special tokens are added (the data module appends EOS)."""
-        return self.backend.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, specials: bool = True) -> list[int]:
+        """Token ids of `text`; no special tokens are added (the data module appends EOS).
+        `specials=False`: literal special-token strings (`<mask>`, `<extra_id_0>`) are encoded
+        as the text they are (module doc)."""
+        return self.encode_batch([text], specials)[0]
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str], specials: bool = True) -> list[list[int]]:
         """`encode` for many texts at once (parallel in the Rust library)."""
-        encodings = self.backend.encode_batch(list(texts), add_special_tokens=False)
+        backend = self.backend if specials else self._text_backend()
+        encodings = backend.encode_batch(list(texts), add_special_tokens=False)
         return [e.ids for e in encodings]
+
+    def _text_backend(self) -> HFTokenizer:
+        """The backend with `encode_special_tokens` set, on a copy (the flag is not saved in
+        tokenizer.json, and the shared backend keeps matching specials in prompts)."""
+        if self._as_text is None:
+            self._as_text = HFTokenizer.from_str(self.backend.to_str())
+            self._as_text.encode_special_tokens = True
+        return self._as_text
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.decode_batch([ids], skip_special_tokens)[0]

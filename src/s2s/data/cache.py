@@ -20,7 +20,7 @@ from s2s.data.records import Records, read_bytes, read_records
 from s2s.files import atomic_write
 from s2s.tokenizer import Tokenizer
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: {"Text"} records read literal special-token strings as text
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,10 @@ def tokenize_file(
 
 
 def _tokenize(records: Records, tokenizer: Tokenizer) -> TokenizedFile:
-    inputs = Ragged.from_rows(tokenizer.encode_batch(records.inputs))
+    # clean text is noised by the data module: a literal "<mask>" in it is text; in pairs it is
+    # the mask token (pre-masked inputs)
+    specials = records.kind == "pairs"
+    inputs = Ragged.from_rows(tokenizer.encode_batch(records.inputs, specials))
     targets = None
     if records.targets is not None:
         targets = Ragged.from_rows(tokenizer.encode_batch(records.targets))

@@ -30,7 +30,14 @@ from s2s.data.config import DataConfig
 from s2s.data.examples import PairDataset, TextDataset, collate, pack, truncate
 from s2s.data.objectives import block_length, build_objective
 from s2s.data.position import DataPosition, resume_point
-from s2s.data.prepared import Documents, PackedBlocks, Prepared, PreparedError, open_prepared
+from s2s.data.prepared import (
+    Documents,
+    PackedBlocks,
+    Prepared,
+    PreparedError,
+    end_of_document,
+    open_prepared,
+)
 from s2s.data.records import read_bytes, read_records
 from s2s.data.sampler import BucketBatchSampler, StreamBatchSampler
 from s2s.tokenizer import Tokenizer
@@ -121,6 +128,8 @@ class S2SDataModule(L.LightningDataModule):
                 parts = [tokenized.inputs.ids, tokenized.inputs.offsets]
                 if tokenized.targets is not None:
                     parts += [tokenized.targets.ids, tokenized.targets.offsets]
+                else:  # what joins packed texts (EOS; "\n\n" before: other rows)
+                    parts.append(np.asarray(end_of_document(self.tokenizer)))
                 self.corpus[split] = self._fingerprint(*(a.tobytes() for a in parts))
                 self.datasets[split] = self._build(split, tokenized)
 
@@ -143,6 +152,8 @@ class S2SDataModule(L.LightningDataModule):
                 "it with --tokenizer pointing at the training directory (or the model's tokenizer)"
             )
         manifest = prepared.manifest
+        if warning := manifest.legacy_warning(prepared.directory):
+            log.warning(warning)
         self.kinds[split] = manifest.kind
         self.corpus[split] = self._fingerprint(manifest.fingerprint.encode())
         lengths = {"max_source_length": cfg.max_source_length}
@@ -216,7 +227,7 @@ class S2SDataModule(L.LightningDataModule):
             rows = pack(
                 rows,
                 block,
-                separator=tok.encode("\n\n"),
+                separator=end_of_document(tok),  # as prepared corpora (s2s.data.prepared)
                 min_length=None if short is None else min(short, block),
                 rng=np.random.default_rng([cfg.seed, ROW_LENGTH_STREAM]),
             )
@@ -292,6 +303,15 @@ class S2SDataModule(L.LightningDataModule):
             )
         if split == "train":
             self.train_sampler = sampler
+            if sampler.wrapped_rows:  # docs/data.md "Corpora larger than memory"
+                log.info(
+                    "%d of %d training rows are seen twice an epoch so that each of %d ranks "
+                    "gets %d batches (the last micro-batches wrap around to the epoch's start)",
+                    sampler.wrapped_rows,
+                    sampler.num_rows,
+                    sampler.num_replicas,
+                    len(sampler),
+                )
             if self._resume is not None:
                 now = self._position(0, 0, trainer)
                 start = resume_point(self._resume, now, force=self.config.force_resume)

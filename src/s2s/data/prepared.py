@@ -7,14 +7,18 @@ The layout of the large-scale trainers' indexed datasets (fairseq's / Megatron's
     DIR/manifest.json       what is here (below); written LAST, so its presence means complete
     DIR/tokenizer.json      the tokenizer the ids belong to
     DIR/text-00000.bin      token ids, flat (uint16 when the vocabulary fits, else int32); for
-                            text records each document is followed by the separator ("\\n\\n")
+                            text records each document is followed by the end-of-document id
+                            (the tokenizer's EOS; version 1 wrote the ids of "\\n\\n")
     DIR/text-00000.idx      int64 start offset of each document in the .bin, then the end
     DIR/input-*.{bin,idx}   pair records: the Inputs ...
     DIR/target-*.{bin,idx}  ... and the Targets (no separators), document i <-> document i
 
-The manifest holds the format version, record kind, dtype, separator ids, every shard's name,
-documents and tokens, the sources (path, bytes, mtime) and a fingerprint of sources +
-tokenizer + settings (re-running `prepare` with the same fingerprint does nothing).
+The manifest holds the format version, record kind, dtype, separator ids (the end-of-document
+id), every shard's name, documents and tokens, the empty documents dropped, whether literal
+special-token strings were read as specials (`--pre-masked`), the sources (path, bytes, mtime,
+a hash of sampled blocks) and a fingerprint of sources + tokenizer + settings + format version
+(re-running `prepare` with the same fingerprint does nothing). Version-1 directories (documents
+joined by "\\n\\n", the same ids as a paragraph break) still read; the data module warns.
 
 Safety: `prepare` writes a new version into `DIR/.staging/` and swaps it in only once complete
 (`s2s.data.writing`), so a failed or killed run leaves the old dataset as it was; a directory
@@ -33,12 +37,26 @@ from pathlib import Path
 import numpy as np
 
 from s2s.data.handles import OpenFiles
+from s2s.tokenizer import Tokenizer
 
 FORMAT = "s2s-prepared"
-VERSION = 1
+VERSION = 2  # 2: an end-of-document id after each text document, literal specials as text
+READABLE = (1, 2)
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 STREAMS = {"text": ("text",), "pairs": ("input", "target")}
+
+
+def end_of_document(tok: Tokenizer) -> list[int]:
+    """The ids after every text document: the tokenizer's EOS `</s>`, as fairseq's binarized
+    data (`</s>` after every line; `complete_doc` blocks) and Megatron's `--append-eod` mark a
+    document's end. EOS rather than a new token: every tokenizer s2s reads has one, and adding
+    a token would change the vocabulary of a given one (T5's, BART's) and of the model. Text
+    never yields the id: our byte-level BPE splits the string `</s>` into pieces, and texts are
+    encoded with specials off (a tokenizer whose `</s>` is an added token reads it as text), so
+    it sits at document boundaries only. `s2s.data.datamodule` joins in-memory {"Text"}
+    records with it too: both paths give the same rows."""
+    return [tok.eos_id]
 
 
 class PreparedError(ValueError):
@@ -57,7 +75,7 @@ class Shard:
 class Manifest:
     kind: str  # "text" | "pairs"
     dtype: str  # "uint16" | "int32"
-    separator: list[int]  # ids after every text document (empty for pairs)
+    separator: list[int]  # ids after every text document: [EOS] (version 1: "\n\n"); pairs: []
     shards: dict[str, list[Shard]]  # stream name -> its shards, in order
     documents: int
     tokens: int
@@ -67,8 +85,28 @@ class Manifest:
     # documents of each input the tokenizer was trained on ({} when it was given or for
     # manifests written before this was recorded)
     tokenizer_sample: dict[str, int] = field(default_factory=dict)
+    empty_documents: int = 0  # empty or whitespace-only text documents dropped
+    # literal "<mask>", "<extra_id_N>" in texts were read as those tokens (prepare --pre-masked;
+    # version 1 always did); pairs always are (their Inputs may be pre-masked)
+    pre_masked: bool = True
     format: str = FORMAT
     version: int = VERSION
+
+    @property
+    def end_of_document(self) -> int | None:
+        """The id that ends every text document (None for pairs and version-1 text, whose
+        documents end in the ids of a paragraph break)."""
+        return self.separator[0] if self.kind == "text" and self.version >= 2 else None
+
+    def legacy_warning(self, directory: Path) -> str | None:
+        """One line for a directory whose documents are joined by a paragraph break."""
+        if self.kind != "text" or self.version >= 2:
+            return None
+        return (
+            f"{directory}: prepared by an older s2s (format version {self.version}): documents "
+            'are joined by "\\n\\n", the same ids as a paragraph break, not an end-of-document '
+            "token; run `python -m s2s.prepare` again to get one"
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"
@@ -79,10 +117,10 @@ class Manifest:
             raw = json.loads(path.read_text(encoding="utf-8"))
             if raw.get("format") != FORMAT:
                 raise PreparedError(f"{path}: not an s2s prepared dataset manifest")
-            if raw.get("version") != VERSION:
+            if raw.get("version") not in READABLE:
                 raise PreparedError(
-                    f"{path}: format version {raw.get('version')}, this s2s reads {VERSION}: "
-                    "prepare the corpus again"
+                    f"{path}: format version {raw.get('version')}, this s2s reads "
+                    f"{', '.join(map(str, READABLE))}: prepare the corpus again"
                 )
             raw["shards"] = {k: [Shard(**s) for s in v] for k, v in raw["shards"].items()}
             return cls(**raw)

@@ -7,7 +7,13 @@ so an optimiser step (W ranks x `accumulation` micro-batches) consumes positions
 and devices. That makes a data position one number, the rows of the order consumed
 (`s2s.data.position`), and a resume with another split the same rows in the same steps. Every
 rank computes the same order, so ranks see disjoint data with no communication, and every rank
-gets the same number of batches (DDP needs that: the last few wrap around to the epoch's start).
+gets the same number of batches (DDP needs that: the last few wrap around to the epoch's start,
+as `torch.utils.data.DistributedSampler` pads by default; `wrapped_rows` counts them, e.g. 4
+rows seen twice an epoch at 103 rows, micro-batch 4, 3 ranks). Wrapping, not dropping the
+remainder, keeps a resume exact under another geometry: every position of the order is
+consumed once an epoch whatever the micro-batch and device count, so `s2s.data.position`'s
+row count means the same rows before and after; which rows a dropped remainder loses would
+change with the geometry.
 
 - `BucketBatchSampler` (in-memory data): shuffle all rows; cut the order into buckets of
   `bucket_size` global batches; sort each bucket by length (so a batch holds rows of similar
@@ -91,6 +97,13 @@ class _EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         """Batches this rank gets in the current epoch's pass, from its first position on."""
         first, _ = self._pass()
         return math.ceil(math.ceil((self.num_rows - first) / self.batch_size) / self.num_replicas)
+
+    @property
+    def wrapped_rows(self) -> int:
+        """Rows of a whole epoch seen twice so that every rank gets `len(self)` batches."""
+        m, n, whole = self.batch_size, self.num_rows, math.ceil(self.num_rows / self.batch_size)
+        extra = len(self) * self.num_replicas - whole  # micro-batches past the order's end
+        return sum(min(m, n - (k % whole) * m) for k in range(extra))
 
     def rows_done(self, batches: int) -> int:
         """Rows of the current epoch's order consumed over all ranks once each rank finished
