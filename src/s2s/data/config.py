@@ -108,9 +108,7 @@ class DataConfig:
                     f"corruption of {self.max_source_length}-token inputs: targets need {targets}"
                 )
         if self.objective == "mixture":  # every denoiser must fit the lengths: else say which
-            mixture_block_length(
-                self.noise.mixture, self.max_source_length, self.max_target_length
-            )
+            mixture_block_length(self.noise.mixture, self.max_source_length, self.max_target_length)
 
     def device_batch(self, world: int) -> tuple[int, int]:
         """(micro-batch, accumulation) on `world` devices: each device's share of the global
