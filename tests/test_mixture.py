@@ -72,10 +72,15 @@ def test_the_default_mixture_is_ul2s_seven_denoisers_and_mixing():
 
 def test_denoisers_are_drawn_by_weight():
     objective, _ = ul2()
-    draws = [objective.choose(noise_rng(3, 0, i)).name for i in range(20_000)]
+    draws = [objective.choose(noise_rng(3, 0, i)) for i in range(20_000)]
     for denoiser in objective.denoisers:
-        share = draws.count(denoiser.name) / len(draws)
+        share = sum(d.name == denoiser.name for d in draws) / len(draws)
         assert share == pytest.approx(denoiser.config.weight, abs=0.01), denoiser.name
+    modes = {mode: sum(d.config.mode == mode for d in draws) / len(draws) for mode in MODES}
+    assert modes == pytest.approx(MODES, abs=0.01)
+
+
+MODES = {"[NLU]": 0.4, "[NLG]": 0.4, "[S2S]": 0.2}  # UL2's R, X and S shares
 
 
 # Hand-worked at UL2's 512/512: rows of 506 tokens (S's worst input: 6 for "[S2S]" + 506);
