@@ -24,9 +24,16 @@ def test_padding_mask_becomes_key_mask():
 
 
 def test_no_padding_and_no_bias_means_no_mask():
-    assert build_mask(torch.ones(2, 4), q_len=4, k_len=4, causal=False) == AttentionMask()
+    assert build_mask(None, q_len=4, k_len=4, causal=False) == AttentionMask()
     assert build_mask(None, q_len=4, k_len=4, causal=True) == AttentionMask(is_causal=True)
     assert build_mask(None, q_len=1, k_len=6, causal=True) == AttentionMask()  # one new query
+
+
+def test_a_given_padding_mask_is_applied_without_reading_it():
+    """An all-real mask is applied as given: deciding it is all real would read it back from
+    the device (a host-device sync); callers that know pass None."""
+    mask = build_mask(torch.ones(2, 4), q_len=4, k_len=4, causal=False)
+    assert mask.tensor.shape == (2, 1, 1, 4) and bool(mask.tensor.all())
 
 
 def test_causal_mask_with_cached_prefix_hand_worked():
@@ -38,8 +45,28 @@ def test_causal_mask_with_cached_prefix_hand_worked():
 def test_bias_with_padding_and_causality_is_filled_with_lowest():
     bias = torch.arange(9.0).view(1, 1, 3, 3)
     mask = build_mask(torch.tensor([[1, 1, 0]]), q_len=3, k_len=3, causal=True, bias=bias)
+    # causality folded into the (1, H, T, S) bias, the key padding kept beside it
+    causal = torch.tensor([[0.0, LOWEST, LOWEST], [3.0, 4.0, LOWEST], [6.0, 7.0, 8.0]])
+    torch.testing.assert_close(mask.tensor[0, 0], causal)
+    assert mask.padding.tolist() == [[[[True, True, False]]]]
+    # and combined, for torch's SDPA, which takes one mask
     expected = torch.tensor([[0.0, LOWEST, LOWEST], [3.0, 4.0, LOWEST], [6.0, 7.0, LOWEST]])
-    torch.testing.assert_close(mask.tensor[0, 0], expected)
+    torch.testing.assert_close(mask.sdpa_mask[0, 0], expected)
+
+
+def test_bias_with_padding_stays_one_per_head_in_the_compute_dtype():
+    """(B, H, T, S) = (8, 2, 4, 4): the bias stays (1, H, T, S), the padding (B, 1, 1, S), and
+    the bias is made in the dtype the scores are computed in, its fill finite there (a float32
+    minimum cast to bf16 is -inf)."""
+    bias = randn(1, 2, 4, 4)
+    padding = torch.ones(8, 4, dtype=torch.bool)
+    padding[1:, 3] = False
+    for causal in (False, True):
+        mask = build_mask(padding, q_len=4, k_len=4, causal=causal, bias=bias, dtype=torch.bfloat16)
+        assert mask.tensor.shape == (1, 2, 4, 4) and mask.tensor.dtype == torch.bfloat16
+        assert mask.padding.shape == (8, 1, 1, 4)
+        assert bool(mask.tensor.isfinite().all()) and bool(mask.sdpa_mask.isfinite().all())
+    assert float(mask.tensor[0, 0, 0, 3]) == torch.finfo(torch.bfloat16).min  # causal fill
 
 
 def test_math_attention_hand_worked():

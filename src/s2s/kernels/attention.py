@@ -78,12 +78,14 @@ def sdpa_is_fused(q: Tensor, mask: AttentionMask, dropout: float) -> bool:
 
     On CPU (checked with torch 2.13) the fused (flash) kernel takes no dropout and no mask
     that needs a gradient, such as T5's learned relative bias in training. CUDA's
-    memory-efficient kernel takes both.
+    memory-efficient kernel takes both (and a bias with padding as `AttentionMask.sdpa_mask`).
     """
     if q.device.type != "cpu":
         return True
     bias_needs_grad = mask.tensor is not None and mask.tensor.requires_grad
-    return dropout == 0.0 and not bias_needs_grad
+    # a bias beside key padding would have to be combined into one (B, H, T, S) mask for it;
+    # `masked_scores` applies both to the scores it computes anyway
+    return dropout == 0.0 and not bias_needs_grad and mask.padding is None
 
 
 def _float32_cpu_training(q: Tensor, k: Tensor, v: Tensor) -> bool:
@@ -103,12 +105,12 @@ def _float32_cpu_training(q: Tensor, k: Tensor, v: Tensor) -> bool:
 def _bias_and_allowed(
     mask: AttentionMask, q_len: int, k_len: int, device: torch.device
 ) -> tuple[Tensor | None, Tensor | None]:
-    """The mask as (float additive bias, bool "may attend"), either None."""
+    """The mask as (float additive bias (1, H, T, S), bool "may attend"), either None."""
     if mask.is_causal:
         return None, causal_mask(q_len, k_len, device)
     if mask.tensor is not None and mask.tensor.dtype == torch.bool:
         return None, mask.tensor
-    return mask.tensor, None
+    return mask.tensor, mask.padding
 
 
 def masked_scores(

@@ -149,7 +149,7 @@ def _attend(module: SelfAttention | CrossAttention, q, k, v, mask: AttentionMask
     """`attend` without dropout or autograd: torch's kernel is always fused then."""
     if module.backend == "sdpa":
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.tensor, is_causal=mask.is_causal, scale=module.scale
+            q, k, v, attn_mask=mask.sdpa_mask, is_causal=mask.is_causal, scale=module.scale
         )
     return attend(q, k, v, mask, scale=module.scale, dropout=0.0, backend=module.backend)
 

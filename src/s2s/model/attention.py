@@ -3,16 +3,24 @@
 Notation: B batch, T query length, S key length, D model dim, H heads, Dh head dim.
 
 MASK CONVENTION (the only one in this project): masks are bool and True means "may attend".
-A padding mask is (B, L) with True (or 1) at real tokens. `build_mask` turns padding, the
-causal constraint and an additive position bias into what the kernel wants, once per stack;
-`attend` consumes it with either torch's fused `scaled_dot_product_attention` ("sdpa") or the
-explicit softmax(QK^T)V reference ("math"). Both give the same numbers. (`s2s.kernels` adds a
-faster CPU path for training and decoding on top of these modules; nothing here depends on it.)
+A padding mask is (B, L) with True (or 1) at real tokens; a caller whose batch has no padding
+passes None (the training loop decides that on the host, before the batch moves to the device:
+no host-device synchronisation here). `build_mask` turns padding, the causal constraint and an
+additive position bias into what the kernel wants, once per stack; `attend` consumes it with
+either torch's fused `scaled_dot_product_attention` ("sdpa") or the explicit softmax(QK^T)V
+reference ("math"). Both give the same numbers. (`s2s.kernels` adds a faster CPU path for
+training and decoding on top of these modules; nothing here depends on it.)
+
+A T5 bias stays (1, H, T, S) in the compute dtype: key padding is kept beside it as a
+(B, 1, 1, S) bool (`AttentionMask.padding`) rather than folded into a (B, H, T, S) bias. The
+math path and `s2s.kernels` apply the two to the scores they compute anyway; torch's SDPA takes
+one mask, so that path combines them once per forward (`AttentionMask.sdpa_mask`), shared by
+every layer (docs/performance.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,21 +41,47 @@ def check_backend(backend: str) -> str:
 
 @dataclass(frozen=True)
 class AttentionMask:
-    """What the kernel needs: an optional mask tensor and whether to apply causality itself.
+    """What the kernel needs: an optional mask tensor, key padding, and whether to apply
+    causality itself.
 
-    `tensor` is None, a bool mask broadcastable to (B, H, T, S) (True = may attend), or a
-    float additive bias of that shape with masked entries at the dtype's minimum.
-    `is_causal` is only set when there is no tensor and T == S, so SDPA can skip the mask.
+    `tensor` is None, a bool mask broadcastable to (B, H, T, S) (True = may attend), or a float
+    additive bias broadcastable to (1, H, T, S) with masked entries at its dtype's minimum.
+    `padding` is None or, only beside a float `tensor`, the (B, 1, 1, S) bool key padding
+    (True = real key) to apply on top of it. `is_causal` is only set when there is no tensor
+    and T == S, so SDPA can skip the mask.
     """
 
     tensor: Tensor | None = None
     is_causal: bool = False
+    padding: Tensor | None = None
+    # sdpa_mask, once made (a dict rather than functools.cached_property, whose lock
+    # torch.compile cannot trace)
+    _made: dict[str, Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def sdpa_mask(self) -> Tensor | None:
+        """The one `attn_mask` torch's SDPA takes: `tensor`, or with `padding` the bias with
+        padded keys at the minimum, (B, H, T, S), made once per mask (the layers share it)."""
+        if self.padding is None:
+            return self.tensor
+        if "sdpa" not in self._made:
+            fill = torch.finfo(self.tensor.dtype).min
+            self._made["sdpa"] = self.tensor.masked_fill(~self.padding, fill)
+        return self._made["sdpa"]
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device | None) -> Tensor:
     """(1, 1, T, S) bool: query i, at position S - T + i, may attend keys 0 .. S - T + i."""
     tril = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
     return tril[None, None]
+
+
+def mask_dtype(x: Tensor) -> torch.dtype:
+    """The dtype attention scores are computed in for activations `x`: autocast's when it is on
+    for x's device (the bias is then made in it once, not cast in every layer), else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 def build_mask(
@@ -60,33 +94,35 @@ def build_mask(
     dtype: torch.dtype = torch.float32,
     device: torch.device | None = None,
 ) -> AttentionMask:
-    """Combine a key padding mask (B, S), causality and an additive bias (1|B, H, T, S).
+    """Combine a key padding mask (B, S), causality and an additive bias (1, H, T, S).
 
-    With causality and T < S (cached decoding), query i sits at position S - T + i and may
-    attend keys 0 .. S - T + i.
+    A given padding mask is always applied (pass None for a batch without padding: deciding
+    that here would read the mask back from the device). With causality and T < S (cached
+    decoding), query i sits at position S - T + i and may attend keys 0 .. S - T + i. The bias
+    is returned in `dtype`, causality folded into it, padding beside it (`AttentionMask`).
     """
-    allowed = None
+    padding = None
     if padding_mask is not None:
-        padding_mask = padding_mask.bool()
         if padding_mask.shape[-1] != k_len:
             raise ValueError(f"padding mask covers {padding_mask.shape[-1]} keys, expected {k_len}")
-        # An all-real batch needs no mask, which lets SDPA use is_causal or no mask at all.
-        # (Skipped under torch.compile, where the data-dependent branch would break the graph.)
-        if torch.compiler.is_compiling() or not bool(padding_mask.all()):
-            allowed = padding_mask[:, None, None, :]  # (B, 1, 1, S)
+        padding = padding_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+    tril = None
     if causal and q_len > 1:
-        if allowed is None and bias is None and q_len == k_len:
+        if padding is None and bias is None and q_len == k_len:
             return AttentionMask(is_causal=True)
-        tril = causal_mask(q_len, k_len, device)
-        allowed = tril if allowed is None else allowed & tril
+        tril = causal_mask(q_len, k_len, device)  # (1, 1, T, S)
     if bias is None:
-        return AttentionMask(tensor=allowed)
+        if padding is None or tril is None:
+            return AttentionMask(tensor=tril if padding is None else padding)
+        return AttentionMask(tensor=padding & tril)  # (B, 1, T, S)
     if bias.dtype != dtype:
         bias = bias.to(dtype)
-    if allowed is None:
-        return AttentionMask(tensor=bias)
-    # masked_fill (not adding -inf) keeps rows finite and never overflows.
-    return AttentionMask(tensor=bias.masked_fill(~allowed, torch.finfo(dtype).min))
+    if tril is not None:
+        # masked_fill (not adding -inf): the minimum of `dtype`, the dtype the scores are
+        # computed in, so it stays finite there (an fp32 minimum cast to bf16 or fp16 would
+        # be -inf). Every query may attend at least one key, so no row is fully masked.
+        bias = bias.masked_fill(~tril, torch.finfo(dtype).min)  # (1, H, T, S)
+    return AttentionMask(tensor=bias, padding=padding)
 
 
 def attend(
@@ -107,7 +143,13 @@ def attend(
     """
     if backend == "sdpa":
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.tensor, dropout_p=dropout, is_causal=mask.is_causal, scale=scale
+            q,
+            k,
+            v,
+            attn_mask=mask.sdpa_mask,
+            dropout_p=dropout,
+            is_causal=mask.is_causal,
+            scale=scale,
         )
     probs = attention_weights(q, k, mask, scale=scale)  # (B, H, T, S)
     if dropout > 0.0:
@@ -122,11 +164,12 @@ def attention_weights(q: Tensor, k: Tensor, mask: AttentionMask, *, scale: float
     allowed = mask.tensor if mask.tensor is not None and mask.tensor.dtype == torch.bool else None
     if mask.is_causal:
         allowed = causal_mask(q.shape[-2], k.shape[-2], q.device)  # (1, 1, T, S)
+    elif allowed is None and mask.tensor is not None:
+        scores = scores + mask.tensor  # an additive bias, masked entries already at the minimum
+        allowed = mask.padding  # (B, 1, 1, S) or None
     if allowed is not None:
         # masked_fill (not adding -inf) keeps rows finite and never overflows
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    elif mask.tensor is not None:
-        scores = scores + mask.tensor  # an additive bias, masked entries already at the minimum
     return torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, T, S)
 
 

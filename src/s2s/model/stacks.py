@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from s2s.config import ModelConfig
-from s2s.model.attention import build_mask
+from s2s.model.attention import build_mask, mask_dtype
 from s2s.model.cache import DecoderCache
 from s2s.model.layers import DecoderLayer, EncoderLayer
 from s2s.model.norms import make_norm
@@ -133,7 +133,7 @@ class Encoder(_Stack):
             k_len=s,
             causal=False,
             bias=self._bias(s, s, 0),
-            dtype=x.dtype,
+            dtype=mask_dtype(x),
             device=x.device,
         )
         rotary = self._rotary(s, 0, x)
@@ -172,7 +172,7 @@ class Decoder(_Stack):
             k_len=offset + t,
             causal=True,
             bias=bias,
-            dtype=x.dtype,
+            dtype=mask_dtype(x),
             device=x.device,
         )
         s = encoder_hidden_states.shape[1]
