@@ -106,6 +106,7 @@ def _metrics(run) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # two training runs
 @pytest.mark.skipif(
     torch.cuda.is_available() and not torch.cuda.is_bf16_supported(), reason="needs bf16"
 )
@@ -137,6 +138,7 @@ def test_lightning_bf16_run_of_twenty_steps_then_resume(tiny_data, tmp_path, mon
     assert all(math.isfinite(float(r["train/loss"])) for r in rows)
 
 
+@pytest.mark.slow  # a train.py process (and torch.compile)
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile"])
 def test_train_py_under_ddp_on_one_gpu(tiny_data, tmp_path, compiled):
     """train.py trainer=ddp with one device: NCCL, DDP's wrapper, bf16; with compile=true the
