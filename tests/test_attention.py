@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from helpers.attention import assert_dropout_of_the_probabilities, randn
 
-from s2s.model.attention import AttentionMask, CrossAttention, SelfAttention, attend, build_mask
+from s2s.model.attention import (
+    AttentionMask,
+    CrossAttention,
+    SelfAttention,
+    attend,
+    build_mask,
+    mask_dtype,
+)
 from s2s.model.cache import LayerCache
 
 LOWEST = torch.finfo(torch.float32).min
@@ -199,3 +206,11 @@ def test_attention_dropout_only_in_training():
     torch.testing.assert_close(attn(x, AttentionMask()), attn(x, AttentionMask()))
     attn.train()
     assert not torch.allclose(attn(x, AttentionMask()), attn(x, AttentionMask()))
+
+
+def test_the_bias_is_made_in_the_dtype_autocast_computes_in():
+    x = torch.zeros(2, 3, 4)  # float32 activations, as an embedding gives under autocast
+    assert mask_dtype(x) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mask_dtype(x) == torch.bfloat16
+    assert mask_dtype(torch.zeros(2, device="meta")) == torch.float32  # no autocast there

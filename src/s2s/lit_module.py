@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,12 +34,22 @@ from s2s.distributed import fsdp_root
 from s2s.evaluation.masked_lines import MaskedLine
 from s2s.metrics import METRICS, check_metrics, corpus_scores
 from s2s.model import Seq2SeqTransformer
-from s2s.throughput import Throughput, compute_dtype, peak_flops, train_flops
+from s2s.throughput import (
+    Reading,
+    Throughput,
+    TrainingMeter,
+    compute_dtype,
+    peak_flops,
+    train_flops,
+)
 from s2s.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 TOKENS_KEY = "s2s_tokens_seen"  # checkpoint entry: training tokens so far (all devices)
 WARMUP_KEY = "s2s_copy_warmup"  # checkpoint entry: where the copy warm-up ended, recent scores
+# a training batch's entry, set on the host before the batch moves to the device: whether its
+# source has padding (without it the model gets no mask: SDPA may skip masking)
+SOURCE_PADDED = "s2s_source_padded"
 COPYING = 0.5  # without copy_warmup.until: a warm-up that copies less than this gets a warning
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -113,8 +122,11 @@ class Seq2SeqLitModule(L.LightningModule):
         self.throughput = Throughput()  # this run's training work on this device
         self.tokens_before = 0  # tokens seen by the runs this one resumes (all devices)
         self.peak_flops = 0.0
-        self._clock: float | None = None
-        self._batch_work: tuple[int, float] = (0, 0.0)  # real tokens, model FLOPs
+        # this logging interval's work, read once per interval (no host-device sync per step)
+        self.meter = TrainingMeter()
+        self.progress: dict[str, float] = {}  # values for the progress bar, as last read
+        self._lr: float | None = None  # this batch's learning rate
+        self._read_at = -1  # the global step the meter was last read at
         self._val_batches: list[dict[str, Tensor]] = []
         self._said_no_decoding = False  # under FSDP, validation decodes nothing (said once)
 
@@ -123,9 +135,10 @@ class Seq2SeqLitModule(L.LightningModule):
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Mean cross-entropy over real target tokens, and the logits (B, T, V)."""
         labels = batch["labels"]
-        logits = self._forward(
-            batch["input_ids"], self.model.shift_right(labels), batch["attention_mask"]
-        )
+        # None when the host saw no padding (`on_before_batch_transfer`): the mask is never read
+        # back from the device to decide that
+        mask = batch["attention_mask"] if batch.get(SOURCE_PADDED, True) else None
+        logits = self._forward(batch["input_ids"], self.model.shift_right(labels), mask)
         loss = nn.functional.cross_entropy(
             logits.flatten(0, 1).float(),
             labels.flatten(),
@@ -143,18 +156,18 @@ class Seq2SeqLitModule(L.LightningModule):
         loss, logits = self.loss(batch)
         if warmup:
             self._track_copying(logits, batch["labels"])
+        # summed on the device, read once per logging interval (s2s.throughput.TrainingMeter)
         real = batch["attention_mask"].sum() + (batch["labels"] != IGNORE_INDEX).sum()
         total = batch["attention_mask"].numel() + batch["labels"].numel()
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/padding_fraction", 1.0 - real.float() / total)
+        # not prog_bar=True: Lightning reads progress-bar tensors back at every step (a sync);
+        # the bar shows `self.progress`, read with the token count
+        self.log("train/loss", loss)
         # the padded shapes are what the device computes (train/padding_fraction: how much)
         (rows, source_len), target_len = batch["input_ids"].shape, batch["labels"].shape[1]
         flops = train_flops(self.model.config, rows, source_len, target_len)
-        self._batch_work = (int(real), flops)
         # counted here, not when the batch ends: a checkpoint saved at the end of this batch
-        # (callbacks run before this module's on_train_batch_end) must include it
-        self.throughput.tokens += int(real)
-        self.throughput.flops += flops
+        # (callbacks run before this module's on_train_batch_end) must include it (tokens_seen)
+        self.meter.add(real, total, flops, loss)
         return loss
 
     @property
@@ -219,32 +232,60 @@ class Seq2SeqLitModule(L.LightningModule):
         dtype = compute_dtype(self.trainer.precision)
         self.peak_flops, self.peak_source = peak_flops(self.device, dtype, self.peak_tflops)
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Note on a training batch whether its source has padding, read on the host before
+        the batch moves to the device (there, reading it would wait for the device)."""
+        mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+        on_host = mask is not None and mask.device.type == "cpu"
+        if on_host and self._trainer is not None and self.trainer.training:
+            batch = {**batch, SOURCE_PADDED: not bool(mask.all())}
+        return batch
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._clock is None:  # the first batch, or the first after a validation
-            self._clock = time.perf_counter()
+        self.meter.start()  # the first batch, or the first after a validation
         scheduler = self.lr_schedulers()
         if scheduler is not None:
-            self.log("train/lr", scheduler.get_last_lr()[0], prog_bar=True)
+            self._lr = scheduler.get_last_lr()[0]  # a host number, logged with the interval
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Real (non-padding) source + target tokens per second, model TFLOP/s and MFU of the
-        micro-batch just done (loading, forward, backward, optimiser step) on this device."""
-        now = time.perf_counter()
-        if self._clock is None:
+        """At each logging step (every trainer.log_every_n_steps, where Lightning writes the
+        logs): real (non-padding) source + target tokens per second, model TFLOP/s and MFU of
+        the batches since the last (loading, forward, backward, optimiser step), on this
+        device, and the padding fraction. One read from the device per interval."""
+        step, every = self.global_step, self.trainer.log_every_n_steps
+        if not every or step == self._read_at or step % every:
             return
-        tokens, flops = self._batch_work
-        seconds = max(now - self._clock, 1e-9)
-        self._clock = now
-        self.throughput.seconds += seconds
-        self.log("train/tokens_per_sec", tokens / seconds)
-        self.log("train/tflops", flops / seconds / 1e12)
+        self._read_at = step
+        reading = self._read_meter()
+        seconds = max(reading.seconds, 1e-9)
+        self.log("train/tokens_per_sec", reading.tokens / seconds)
+        self.log("train/tflops", reading.flops / seconds / 1e12)
         if self.peak_flops:
-            self.log("train/mfu", flops / seconds / self.peak_flops)
+            self.log("train/mfu", reading.flops / seconds / self.peak_flops)
+        if reading.positions:
+            self.log("train/padding_fraction", 1.0 - reading.tokens / reading.positions)
+        if self._lr is not None:
+            self.log("train/lr", self._lr)
+            self.progress["train/lr"] = self._lr
+        if reading.loss is not None:
+            self.progress["train/loss"] = reading.loss
+
+    def _read_meter(self) -> Reading:
+        """The interval's work, added to this run's totals (`throughput`)."""
+        reading = self.meter.read(self.device)
+        self.throughput.tokens += reading.tokens
+        self.throughput.flops += reading.flops
+        self.throughput.seconds += reading.seconds
+        return reading
+
+    def on_train_end(self) -> None:
+        self._read_meter()  # the last, partial interval
 
     # -- validation -------------------------------------------------------------------------
 
     def on_validation_start(self) -> None:
-        self._clock = None  # validation time is not training time
+        self._read_meter()  # the interval up to here (nothing outside training) ...
+        self.meter.stop()  # ... and validation time is not training time
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         loss, logits = self.loss(batch)
@@ -447,7 +488,8 @@ class Seq2SeqLitModule(L.LightningModule):
     def tokens_seen(self) -> int:
         """Real training tokens so far, resumed runs included, over all devices (ranks take
         equal batches)."""
-        return self.tokens_before + self.throughput.tokens * self.trainer.world_size
+        tokens = self.throughput.tokens + self.meter.pending_tokens()
+        return self.tokens_before + tokens * self.trainer.world_size
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[S2S_KEY] = metadata(self.model.config, self.tokenizer, self.framing)

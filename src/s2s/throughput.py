@@ -12,6 +12,11 @@ kernels and the optimiser do not count, so it compares implementations and devic
 
 The peak is `trainer.peak_tflops` when set, else the table below for a known GPU, else a
 square matmul timed on this device in the training dtype (the CPU; cached per process).
+
+The training loop measures over a logging interval (`TrainingMeter`), not per step: the device
+runs behind the host, and timing one step would need a host-device synchronisation per step.
+Real tokens are counted on the device and read, with the loss, once per interval, after which
+the device is synchronised and the clock read: the interval's seconds are the device's.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from s2s.config import ModelConfig
 
@@ -161,3 +167,65 @@ class Throughput:
     @property
     def flops_per_sec(self) -> float:
         return self.flops / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A `TrainingMeter` interval, read: real tokens, padded positions, model FLOPs, seconds,
+    and the loss of its last batch (None if it had no batch)."""
+
+    tokens: int
+    positions: int
+    flops: float
+    seconds: float
+    loss: float | None
+
+
+class TrainingMeter:
+    """Training work since the last `read`, kept without a host-device synchronisation per
+    step: real tokens are summed on the device, padded positions and FLOPs (from the batch
+    shapes) on the host, and the clock starts at the interval's first batch."""
+
+    def __init__(self) -> None:
+        self._tokens: Tensor | None = None  # 0-d, on the device
+        self._loss: Tensor | None = None  # the last batch's, on the device
+        self._positions = 0
+        self._flops = 0.0
+        self._clock: float | None = None
+
+    def start(self) -> None:
+        """Start the clock, unless an interval is already running."""
+        if self._clock is None:
+            self._clock = time.perf_counter()
+
+    def add(self, tokens: Tensor, positions: int, flops: float, loss: Tensor) -> None:
+        """One batch: its real tokens (a 0-d device tensor), padded positions, FLOPs, loss."""
+        tokens = tokens.detach()
+        self._tokens = tokens if self._tokens is None else self._tokens + tokens
+        self._loss = loss.detach()
+        self._positions += positions
+        self._flops += flops
+
+    def pending_tokens(self) -> int:
+        """Real tokens not yet read (reading them waits for the device)."""
+        return 0 if self._tokens is None else int(self._tokens)
+
+    def read(self, device: torch.device) -> Reading:
+        """The interval so far, with one read from the device; the next interval starts now."""
+        tokens, loss = 0, None
+        if self._tokens is not None:
+            # one copy to the host (the loss with the count), which waits for the device
+            tokens_, loss = torch.stack([self._tokens.double(), self._loss.double()]).tolist()
+            tokens = int(tokens_)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # every stream's work, not only the current one's
+        now = time.perf_counter()
+        seconds = 0.0 if self._clock is None else now - self._clock
+        reading = Reading(tokens, self._positions, self._flops, seconds, loss)
+        self.__init__()
+        self._clock = now
+        return reading
+
+    def stop(self) -> None:
+        """Stop the clock (validation time is not training time): `read` first."""
+        self._clock = None

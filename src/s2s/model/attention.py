@@ -79,8 +79,9 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | None) -> Tensor:
 def mask_dtype(x: Tensor) -> torch.dtype:
     """The dtype attention scores are computed in for activations `x`: autocast's when it is on
     for x's device (the bias is then made in it once, not cast in every layer), else x's."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
+    kind = x.device.type  # the meta device has no autocast (and asking it raises)
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
     return x.dtype
 
 
