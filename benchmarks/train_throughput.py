@@ -2,7 +2,7 @@
 
 Run: python benchmarks/train_throughput.py [--shapes t5_small tiny] [--dtypes float32 bfloat16]
          [--batch-size N] [--warmup 2] [--steps 6] [--dropout 0.1] [--device cpu|cuda]
-         [--threads N] [--compile]
+         [--threads N] [--compile] [--padding 0.25]
 
 For each shape a randomly initialised HF `T5ForConditionalGeneration` is built from a config
 (never downloaded) and converted with `s2s.interop.hf.from_hf`, so both models start from
@@ -12,7 +12,9 @@ backward and a fused `torch.optim.AdamW` step (both libraries' default); in bf16
 and loss run under `torch.autocast(device_type, torch.bfloat16)` with float32 weights. The
 implementations take turns step by step (the first to go alternates), warm-up steps are
 dropped, and each reports the median step time. Inputs are full-length random ids (packed
-pre-training batches: no padding), with an all-ones attention mask passed as the training loop does.
+pre-training batches: no padding): s2s gets no attention mask, as the training loop passes
+none for an unpadded batch (decided on the host), transformers an all-ones mask.
+--padding F pads the last F of every other source row (fine-tuning batches): both get the mask.
 
 Columns
   tok/s     (source + target tokens) * batch / median step time.
@@ -146,22 +148,28 @@ def _proc_status_kib(key: str) -> int:
 @dataclasses.dataclass
 class Batch:
     input_ids: Tensor  # (B, S)
-    attention_mask: Tensor  # (B, S), all ones
+    attention_mask: Tensor  # (B, S), 1 = real token
     labels: Tensor  # (B, T)
     decoder_input_ids: Tensor  # (B, T), labels shifted right
 
 
-def random_batch(cfg: ModelConfig, batch: int, shape: Shape, device: torch.device) -> Batch:
+def random_batch(
+    cfg: ModelConfig, batch: int, shape: Shape, device: torch.device, padding: float = 0.0
+) -> Batch:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(2, cfg.vocab_size, (batch, shape.src_len), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1::2, shape.src_len - int(padding * shape.src_len) :] = 0  # every other row padded
+    ids = ids.masked_fill(mask == 0, cfg.pad_token_id)
     labels = torch.randint(2, cfg.vocab_size, (batch, shape.tgt_len), generator=gen)
     start = torch.full((batch, 1), cfg.decoder_start_token_id)
     decoder_ids = torch.cat([start, labels[:, :-1]], dim=1)
-    return Batch(*(t.to(device) for t in (ids, torch.ones_like(ids), labels, decoder_ids)))
+    return Batch(*(t.to(device) for t in (ids, mask, labels, decoder_ids)))
 
 
-def s2s_logits(model: nn.Module) -> Callable[[Batch], Tensor]:
-    return lambda b: model(b.input_ids, b.decoder_input_ids, b.attention_mask)
+def s2s_logits(model: nn.Module, padded: bool) -> Callable[[Batch], Tensor]:
+    """The model's call as Seq2SeqLitModule makes it: no mask for an unpadded batch."""
+    return lambda b: model(b.input_ids, b.decoder_input_ids, b.attention_mask if padded else None)
 
 
 def hf_logits(model: nn.Module) -> Callable[[Batch], Tensor]:
@@ -220,7 +228,7 @@ def check_parity(ours: nn.Module, hf: nn.Module, batch: Batch) -> float:
     """Max abs logit difference in eval mode (float32): the weights really are identical."""
     ours.eval(), hf.eval()
     with torch.no_grad():
-        error = (s2s_logits(ours)(batch) - hf_logits(hf)(batch)).abs().max().item()
+        error = (s2s_logits(ours, True)(batch) - hf_logits(hf)(batch)).abs().max().item()
     ours.train(), hf.train()
     return error
 
@@ -229,13 +237,16 @@ def run_shape(name: str, args: argparse.Namespace, device: torch.device) -> list
     shape = SHAPES[name]
     batch_size = args.batch_size or shape.batch[device.type]
     ours, hf = build_models(shape, args.dropout, device)
-    batch = random_batch(ours.config, batch_size, shape, device)
+    batch = random_batch(ours.config, batch_size, shape, device, args.padding)
+    padded = args.padding > 0
     error = check_parity(ours, hf, batch)
     attn = hf.config._attn_implementation
     print(f"# {name}: max |logit diff| s2s vs HF ({attn} attention) = {error:.2e}", flush=True)
     flops = train_flops(ours.config, batch_size, shape.src_len, shape.tgt_len)
     tokens = batch_size * (shape.src_len + shape.tgt_len)
     label = f"{name} B={batch_size} S={shape.src_len} T={shape.tgt_len}"
+    if padded:
+        label += f" pad={args.padding:g}"
     rows = []
     for dtype_name in args.dtypes:
         autocast = functools.partial(_autocast, DTYPES[dtype_name], device)
@@ -244,11 +255,11 @@ def run_shape(name: str, args: argparse.Namespace, device: torch.device) -> list
         ours_adam = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=True)
         hf_adam = torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=True)
         runners = [
-            Runner("s2s", s2s_logits(ours), ours_adam, autocast),
+            Runner("s2s", s2s_logits(ours, padded), ours_adam, autocast),
             Runner("transformers", hf_logits(hf), hf_adam, autocast),
         ]
         if args.compile:
-            compiled = s2s_logits(torch.compile(ours))
+            compiled = s2s_logits(torch.compile(ours), padded)
             runners.insert(1, Runner("s2s+compile", compiled, ours_adam, autocast))
         probe = MatmulProbe(DTYPES[dtype_name], device, args.matmul_size)
         interleave(runners, probe, batch, args, device)
@@ -290,6 +301,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(s2s)")
+    parser.add_argument(
+        "--padding", type=float, default=0.0, help="share of every other source row padded"
+    )
     parser.add_argument("--matmul-size", type=int, default=2048)
     args = parser.parse_args()
     device = torch.device(args.device)
