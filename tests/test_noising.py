@@ -545,6 +545,32 @@ def test_line_break_settings_reach_the_objective(tokenizer, key):
         assert (tokenizer.line_break_table()[noised]).sum() == 6  # every break stays
 
 
+@pytest.mark.parametrize("key", ["within_lines", "keep_line_breaks", "permute_sentences"])
+def test_document_ends_are_breaks_for_the_noise(tokenizer, key):
+    """Packed rows end every document with EOS (no newline since the end-of-document id):
+    the line-break options never mask it, and it ends a sentence for sentence permutation."""
+    from s2s.data.config import DataConfig
+    from s2s.data.objectives import build_objective
+
+    ratio = 0.0 if key == "permute_sentences" else 0.5  # permutation alone: words intact
+    noise = {"bart": {"mask_ratio": ratio, key: True}}
+    config = DataConfig.from_dict({"train_path": "x", "objective": "bart", "noise": noise})
+    objective = build_objective(config, tokenizer)
+    docs = [
+        tokenizer.encode("To be or not to be that is the question"),
+        tokenizer.encode("Whether"),
+    ]
+    row = np.concatenate([[*d, tokenizer.eos_id] for d in docs])  # (L,) two whole documents
+    orders = set()
+    for seed in range(50):
+        noised = list(objective(row, np.random.default_rng(seed)).input_ids[:-1])  # its EOS off
+        assert noised.count(tokenizer.eos_id) == 2  # each document's end kept
+        orders.add(tuple(noised))
+    if key == "permute_sentences":  # no full stop inside: each document is one sentence
+        swapped = [*docs[1], tokenizer.eos_id, *docs[0], tokenizer.eos_id]
+        assert orders == {tuple(row), tuple(swapped)}
+
+
 def test_within_lines_hand_worked():
     ids = np.array([10, 11, 12, 13, 99, 14, 15, 16, 17])  # two lines of 4 tokens, break 99
     breaks = ids == 99

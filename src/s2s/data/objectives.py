@@ -101,12 +101,16 @@ def build_objective(config: DataConfig, tokenizer: Tokenizer) -> Objective:
             random_ratio=noise.random_ratio,
             word_start_table=tokenizer.word_start_table() if noise.whole_word else None,
             line_break_table=(
-                tokenizer.line_break_table()
+                _ends_documents(tokenizer.line_break_table(), tokenizer.eos_id)
                 if noise.within_lines or noise.keep_line_breaks
                 else None
             ),
             per_line=noise.within_lines,
-            sentence_end_table=tokenizer.sentence_end_table() if noise.permute_sentences else None,
+            sentence_end_table=(
+                _ends_documents(tokenizer.sentence_end_table(), tokenizer.eos_id)
+                if noise.permute_sentences
+                else None
+            ),
             random_ids=np.flatnonzero(~special) if noise.random_ratio > 0 else None,
         )
     if config.objective == "t5":
@@ -158,3 +162,12 @@ def _lookup(table: np.ndarray | None, ids: np.ndarray, *, first: bool) -> np.nda
     if first and len(flags):
         flags[0] = True  # a row always begins a word
     return flags
+
+
+def _ends_documents(table: np.ndarray, eos_id: int) -> np.ndarray:
+    """`table` (V,) with EOS also marked: packed rows end each document with EOS (the
+    end-of-document id, s2s.data.prepared), which is a line break and a sentence end for the
+    noise (never masked with keep_line_breaks, never crossed with within_lines)."""
+    table = table.copy()
+    table[eos_id] = True
+    return table
