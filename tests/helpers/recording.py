@@ -22,9 +22,11 @@ class RecordBatches(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        rows = [hashlib.sha1(row.numpy().tobytes()).hexdigest()[:12] for row in batch["labels"]]
+        rows = [
+            hashlib.sha1(row.cpu().numpy().tobytes()).hexdigest()[:12] for row in batch["labels"]
+        ]
         inputs = [
-            hashlib.sha1(row.numpy().tobytes()).hexdigest()[:12] for row in batch["input_ids"]
+            hashlib.sha1(row.cpu().numpy().tobytes()).hexdigest()[:12] for row in batch["input_ids"]
         ]
         record = {
             "step": trainer.global_step,
