@@ -19,7 +19,7 @@ from helpers.model import kernel_model, padded_batch, tiny_model
 from helpers.train import compose_train, overrides_for, run_cli
 
 from s2s.checkpoint import read_checkpoint
-from s2s.generation import generate
+from s2s.generation import GenerationConfig, generate
 from s2s.kernels import TWINS, decoding_session
 from s2s.lit_module import Seq2SeqLitModule
 from s2s.pipeline import train
@@ -68,16 +68,22 @@ def test_bf16_autocast_stays_close_to_float32():
     assert all(torch.isfinite(g).all() for g in grads.values())
 
 
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
 @pytest.mark.parametrize("positions", ["rotary", "t5_relative"])
-def test_greedy_decoding_on_cuda_gives_the_cpus_tokens(positions):
+def test_decoding_on_cuda_gives_the_cpus_tokens(positions, strategy):
+    """Every tensor the search makes must be on the input's device (beam search alone makes
+    eight), and the CUDA kernels must pick the CPU's tokens."""
+    config = GenerationConfig(
+        strategy=strategy, num_beams=3 if strategy == "beam" else 1, max_new_tokens=12
+    )
     batch = padded_batch()
     model = tiny_model(positions=positions)
     with torch.no_grad():  # random small-init models repeat one token: 20x makes them vary
         for p in model.parameters():
             p.mul_(20.0 if p.dim() == 2 else 1.0)
-    expected = generate(model, batch.input_ids, batch.attention_mask, max_new_tokens=12)
+    expected = generate(model, batch.input_ids, batch.attention_mask, config=config)
     cuda = batch.to("cuda")
-    tokens = generate(model.cuda(), cuda.input_ids, cuda.attention_mask, max_new_tokens=12)
+    tokens = generate(model.cuda(), cuda.input_ids, cuda.attention_mask, config=config)
     assert tokens.device.type == "cuda"
     assert torch.equal(tokens.cpu(), expected)
     assert len({tuple(row) for row in expected.tolist()}) > 1  # the rows really differ
