@@ -85,6 +85,7 @@ def check_throughput(dry: bool, shape: str) -> str:
     args = argparse.Namespace(
         batch_size=2 if dry else None, dtypes=["bfloat16"], warmup=1 if dry else 3,
         steps=1 if dry else 10, dropout=0.0, compile=not dry, matmul_size=256 if dry else 4096,
+        padding=0.0,
     )  # fmt: skip
     if dry:  # the tiny shape, smaller still: a CPU step in well under a second
         tt.SHAPES["tiny"] = tt.Shape(
