@@ -27,6 +27,9 @@ tar -C "$repo" --exclude=./.venv --exclude=./.git --exclude=./outputs --exclude=
   # workers forked from a process that never ran torch: forking after torch's thread pools
   # started hangs some workers (mutmut's docs: "not fork-safe (gevent, grpc, torch)")
   echo "process_isolation=forkserver"
+  # mutmut runs the tests in mutants/, a copy of src/ and tests/ only: the configs and data
+  # the Hydra-composing tests read come too
+  printf 'also_copy=\n    conf\n    datasets\n    benchmarks\n    train.py\n    generate.py\n'
 } > "$work/setup.cfg"
 cd "$work"
 echo "mutmut in $work"
