@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers.model import tiny_config
 
 from s2s.model.attention import AttentionMask, build_mask
-from s2s.model.feedforward import FeedForward
+from s2s.model.feedforward import FeedForward, activate
 from s2s.model.layers import DecoderLayer, EncoderLayer
 from s2s.model.norms import LayerNorm, RMSNorm
 
@@ -161,6 +161,8 @@ def test_feedforward_dropout_is_dropout_of_the_inner_activation(bias):
 def test_feedforward_rejects_unknown_activation():
     with pytest.raises(ValueError, match="unknown activation 'tanh'"):
         FeedForward(8, 12, activation="tanh", gated=False, bias=False, dropout=0.0)
+    with pytest.raises(ValueError, match="unknown activation 'tanh'"):  # called directly
+        activate(torch.zeros(2), "tanh")
 
 
 def _run_layers(config, seed=0):

@@ -117,3 +117,41 @@ def test_rotary_offset_matches_full_span():
     torch.testing.assert_close(tail.sin, full.sin[7:])
     # first frequency is 1 rad per position
     torch.testing.assert_close(full.cos[3, 0], torch.tensor(math.cos(3.0)))
+
+
+def test_rotary_equals_complex_multiplication():
+    """RoPE as Su et al. 2021 (Sec. 3.2, eq. 13) write it: pair i of a head, here
+    (x_i, x_{i + Dh/2}) in the rotate-half layout, is the complex number x_i + j x_{i + Dh/2},
+    multiplied by exp(j * p * theta_i) with theta_i = base^(-2i / Dh). Computed in complex128,
+    independently of the module's cos / sin tables."""
+    head_dim, base, offset, length = 8, 500.0, 3, 5
+    x = torch.randn(2, 3, length, head_dim, generator=torch.Generator().manual_seed(1))
+    half = head_dim // 2
+    z = torch.complex(x[..., :half].double(), x[..., half:].double())  # (B, H, T, Dh/2)
+    theta = base ** (-2.0 * torch.arange(half, dtype=torch.float64) / head_dim)  # (Dh/2,)
+    p = torch.arange(offset, offset + length, dtype=torch.float64)  # (T,)
+    turned = z * torch.polar(torch.ones(length, half, dtype=torch.float64), p[:, None] * theta)
+    expected = torch.cat((turned.real, turned.imag), dim=-1).float()  # (B, H, T, Dh)
+    got = Rotary(head_dim, base)(length, offset).rotate(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_learned_positions_use_every_row_and_name_the_first_missing_one():
+    table = LearnedPositions(8, 4)
+    torch.testing.assert_close(table(8), table.weight)  # positions 0 .. 7: all 8 rows
+    torch.testing.assert_close(table(3, offset=5), table.weight[5:])
+    with pytest.raises(ValueError, match=r"^position 8 is beyond model.max_positions=8$"):
+        table(9)
+    with pytest.raises(ValueError, match=r"^position 9 is beyond model.max_positions=8$"):
+        table(4, offset=6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_position_tables_come_in_the_asked_dtype(dtype):
+    """Tables are computed in float32 and returned in the compute dtype (an activation dtype
+    mismatch would otherwise upcast every layer's q / k)."""
+    table = sinusoidal_positions(5, 8, dtype=dtype)
+    assert table.dtype == dtype
+    torch.testing.assert_close(table.float(), sinusoidal_positions(5, 8), atol=1e-2, rtol=1e-2)
+    angles = Rotary(8, 10000.0)(5, dtype=dtype)
+    assert angles.cos.dtype == dtype and angles.sin.dtype == dtype
