@@ -99,3 +99,9 @@ def cfg_train(tiny_data, tmp_path):
 def cfg_generate():
     """cfg_generate(*overrides): `conf/generate.yaml` composed with the overrides."""
     return compose_generate
+
+
+@pytest.fixture
+def tok_file(tokenizer, tmp_path):
+    """The session tokenizer saved as tmp_path/tok/tokenizer.json (for `prepare --tokenizer`)."""
+    return tokenizer.save(tmp_path / "tok" / "tokenizer.json")

@@ -12,47 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.corpus import data_module, jsonl, texts
 
 import s2s.prepare
 from s2s.data.cache import tokenize_file
-from s2s.data.config import DataConfig
-from s2s.data.datamodule import S2SDataModule
 from s2s.data.prepared import MANIFEST, Manifest, PackedBlocks, open_prepared
 from s2s.data.sampler import BucketBatchSampler, StreamBatchSampler
 from s2s.data.writing import ShardWriter
 from s2s.prepare import prepare
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-WORDS = ["the", "of", "and", "to", "a", "in", "that", "is", "was", "he", "for", "it", "with"]
-
-
-def texts(n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(2, 30)))) for _ in range(n)]
-
-
-@pytest.fixture
-def tok_file(tokenizer, tmp_path):
-    return tokenizer.save(tmp_path / "tok" / "tokenizer.json")
-
-
-def jsonl(path: Path, lines: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"Text": t}) + "\n" for t in lines), encoding="utf-8")
-    return path
-
-
-def data_module(tokenizer, tmp_path, **paths) -> S2SDataModule:
-    config = DataConfig(
-        **paths,
-        max_source_length=24,
-        max_target_length=24,
-        batch_size=4,
-        num_workers=0,
-        cache_dir=str(tmp_path / "cache"),
-    )
-    dm = S2SDataModule(config, tokenizer=tokenizer)
-    dm.setup("fit")
-    return dm
 
 
 def test_end_of_document_ids_at_every_boundary_and_nowhere_else(tokenizer, tok_file, tmp_path):

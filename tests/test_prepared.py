@@ -9,6 +9,8 @@ import pickle
 
 import numpy as np
 import pytest
+from helpers.corpus import data_module
+from helpers.corpus import texts as seeded_texts
 
 from s2s.data.cache import tokenize_file
 from s2s.data.config import DataConfig
@@ -45,32 +47,12 @@ WORDS = [
 
 
 def texts(n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 40)))) for _ in range(n)]
-
-
-@pytest.fixture
-def tok_file(tokenizer, tmp_path):
-    return tokenizer.save(tmp_path / "tok" / "tokenizer.json")
+    return seeded_texts(n, seed, words=WORDS, lengths=(3, 40))
 
 
 @pytest.fixture
 def text_json(write):
     return write("train.json", json.dumps([{"Text": t} for t in texts(300)]))
-
-
-def data_module(tokenizer, tmp_path, **paths) -> S2SDataModule:
-    config = DataConfig(
-        **paths,
-        max_source_length=24,
-        max_target_length=24,
-        batch_size=4,
-        num_workers=0,
-        cache_dir=str(tmp_path / "cache"),
-    )
-    dm = S2SDataModule(config, tokenizer=tokenizer)
-    dm.setup("fit")
-    return dm
 
 
 def test_prepared_rows_equal_the_in_memory_rows(tokenizer, tok_file, text_json, tmp_path):

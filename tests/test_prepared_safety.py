@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.corpus import jsonl
+from helpers.corpus import texts as seeded_texts
 
 import s2s.prepare
 from s2s.data.prepared import open_prepared
@@ -20,22 +21,9 @@ from s2s.data.records import RecordError
 from s2s.data.writing import STAGING
 from s2s.prepare import prepare
 
-WORDS = ["the", "of", "and", "to", "a", "in", "that", "is", "was", "he", "for", "it", "with"]
-
 
 def texts(n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(2, 12)))) for _ in range(n)]
-
-
-@pytest.fixture
-def tok_file(tokenizer, tmp_path):
-    return tokenizer.save(tmp_path / "tok" / "tokenizer.json")
-
-
-def jsonl(path, lines: list[str]):
-    path.write_text("".join(json.dumps({"Text": t}) + "\n" for t in lines), encoding="utf-8")
-    return path
+    return seeded_texts(n, seed, lengths=(2, 12))
 
 
 # A child process that may hold at most 256 descriptors reads every document of a prepared
