@@ -16,6 +16,8 @@ from s2s.model.attention import (
     attend,
     build_mask,
     mask_dtype,
+    sdpa,
+    with_key_padding,
 )
 from s2s.model.cache import LayerCache
 
@@ -58,7 +60,7 @@ def test_bias_with_padding_and_causality_is_filled_with_lowest():
     assert mask.padding.tolist() == [[[[True, True, False]]]]
     # and combined, for torch's SDPA, which takes one mask
     expected = torch.tensor([[0.0, LOWEST, LOWEST], [3.0, 4.0, LOWEST], [6.0, 7.0, LOWEST]])
-    torch.testing.assert_close(mask.sdpa_mask[0, 0], expected)
+    torch.testing.assert_close(mask.combined()[0, 0], expected)
 
 
 def test_bias_with_padding_stays_one_per_head_in_the_compute_dtype():
@@ -72,7 +74,7 @@ def test_bias_with_padding_stays_one_per_head_in_the_compute_dtype():
         mask = build_mask(padding, q_len=4, k_len=4, causal=causal, bias=bias, dtype=torch.bfloat16)
         assert mask.tensor.shape == (1, 2, 4, 4) and mask.tensor.dtype == torch.bfloat16
         assert mask.padding.shape == (8, 1, 1, 4)
-        assert bool(mask.tensor.isfinite().all()) and bool(mask.sdpa_mask.isfinite().all())
+        assert bool(mask.tensor.isfinite().all()) and bool(mask.combined().isfinite().all())
     assert float(mask.tensor[0, 0, 0, 3]) == torch.finfo(torch.bfloat16).min  # causal fill
 
 
@@ -124,8 +126,68 @@ def test_sdpa_equals_math_values_and_gradients(case):
         if bias is not None and bias.requires_grad:
             grads.append(bias.grad.clone())
         results[backend] = [out.detach(), *grads]
-    for sdpa, math_ in zip(results["sdpa"], results["math"], strict=True):
-        torch.testing.assert_close(sdpa, math_, atol=1e-5, rtol=1e-5)
+    for fused, math_ in zip(results["sdpa"], results["math"], strict=True):
+        torch.testing.assert_close(fused, math_, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dh", [7, 8, 20])
+@pytest.mark.parametrize("scaled", [True, False])
+@pytest.mark.parametrize("pad_values", [True, False])
+def test_key_padding_carried_by_the_keys_equals_math(dh, scaled, pad_values):
+    """SDPA with the padding in extra key columns (`with_key_padding`: q gets a column of a,
+    k one of -a on padded keys, both zero-padded to a multiple of 8) gives the math path's
+    output and gradients (q, k, v and the bias) for a causal bias over padded keys, at head
+    dims below, at and above a multiple of 8, scaled (Dh^-1/2) or not (T5), and with values
+    widened (CPU) or not (CUDA's memory-efficient kernel)."""
+    b, h, t, s = 3, 2, 6, 6
+    scale = dh**-0.5 if scaled else 1.0
+    padding = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0], [1, 0, 0, 0, 0, 0]])
+    bias = randn(1, h, t, s, seed=4, requires_grad=True)
+    results = {}
+    for path in ("keys", "math"):
+        q = randn(b, h, t, dh, seed=1, requires_grad=True)
+        k, v = (randn(b, h, s, dh, seed=seed, requires_grad=True) for seed in (2, 3))
+        bias.grad = None
+        mask = build_mask(padding, q_len=t, k_len=s, causal=True, bias=bias)
+        if path == "keys":
+            qx, kx, vx = with_key_padding(q, k, v, mask, scale, pad_values=pad_values)
+            assert qx.shape[-1] == kx.shape[-1] == (dh // 8 + 1) * 8
+            assert vx.shape[-1] == (qx.shape[-1] if pad_values else dh)
+            out = F.scaled_dot_product_attention(qx, kx, vx, attn_mask=mask.tensor, scale=scale)
+            out = out[..., :dh]
+        else:
+            out = attend(q, k, v, mask, scale=scale, dropout=0.0, backend="math")
+        (out * randn(*out.shape, seed=5)).sum().backward()
+        results[path] = [out.detach(), q.grad, k.grad, v.grad, bias.grad.clone()]
+    for name, keys, math_ in zip(["out", "q", "k", "v", "bias"], *results.values(), strict=True):
+        torch.testing.assert_close(keys, math_, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_key_padding_in_the_keys_holds_in_half_precision(dtype):
+    """In bf16 and fp16 the penalty stays finite and exact enough: padded keys get no weight
+    (the output equals attention over the real keys alone) and nothing overflows, with the
+    causal fill at the dtype's minimum in the same scores."""
+    b, h, t, s, dh = 2, 2, 40, 40, 8
+    padding = torch.ones(b, s, dtype=torch.long)
+    padding[1, 25:] = 0
+    bias = randn(1, h, t, s, seed=4).to(dtype)
+    mask = build_mask(padding, q_len=t, k_len=s, causal=True, bias=bias, dtype=dtype)
+    q, k, v = (randn(b, h, n, dh, seed=seed).to(dtype) for seed, n in ((1, t), (2, s), (3, s)))
+    out = sdpa(q, k, v, mask, scale=1.0, dropout=0.0)  # (B, H, T, Dh), the keys path
+    assert out.shape == (b, h, t, dh) and bool(out.isfinite().all())
+    # row 1 over its 25 real keys alone, by the math path in float32
+    alone = build_mask(None, q_len=t, k_len=25, causal=False, bias=mask.tensor[..., :25].float())
+    expected = attend(
+        q[1:].float(),
+        k[1:, :, :25].float(),
+        v[1:, :, :25].float(),
+        alone,
+        scale=1.0,
+        dropout=0.0,
+        backend="math",
+    )
+    torch.testing.assert_close(out[1:].float(), expected, atol=2e-2, rtol=2e-2)
 
 
 def test_attention_dropout_is_dropout_of_the_probabilities():

@@ -1,7 +1,8 @@
 """The CUDA path: SDPA's fused kernels and bf16 autocast give the float32 reference's numbers;
-the kernel twins (installed wherever s2s trains) match the plain model on CUDA; greedy decoding
-on CUDA gives the CPU's tokens for the same weights; a Lightning run (bf16-mixed, 20 steps,
-then a resume from its checkpoint); train.py under DDP on one GPU, eager and compiled.
+the T5 bias with key padding makes no dense mask; the kernel twins (installed wherever s2s
+trains) match the plain model on CUDA; greedy decoding on CUDA gives the CPU's tokens for the
+same weights; a Lightning run (bf16-mixed, 20 steps, then a resume from its checkpoint);
+train.py under DDP on one GPU, eager and compiled.
 
 Runs where CUDA exists, in one command: `pytest -m gpu` (benchmarks/gpu_check.py runs it);
 skipped on CPU-only machines, where the same code is covered by every other test. conftest.py
@@ -45,9 +46,13 @@ def _logits_and_grads(model, batch, dtype=None):
     return logits.float(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+LONG = dict(src_lengths=(40, 23, 3), tgt_lengths=(40, 31, 12))  # padding carried by the keys
+
+
+@pytest.mark.parametrize("lengths", ["short", "long"])
 @pytest.mark.parametrize("positions", ["rotary", "t5_relative"])
-def test_sdpa_on_cuda_matches_the_math_reference(positions):
-    batch = padded_batch().to("cuda")
+def test_sdpa_on_cuda_matches_the_math_reference(positions, lengths):
+    batch = (padded_batch() if lengths == "short" else padded_batch(**LONG)).to("cuda")
     sdpa = tiny_model(positions=positions).cuda().train()  # dropout is off in tiny_model
     math = tiny_model(positions=positions, attention_backend="math").cuda().train()
     (a, grads_a), (b, grads_b) = _logits_and_grads(sdpa, batch), _logits_and_grads(math, batch)
@@ -66,6 +71,32 @@ def test_bf16_autocast_stays_close_to_float32():
     scale = reference.abs().max()
     assert (logits - reference).abs().max() <= 2e-2 * scale
     assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+def test_t5_key_padding_makes_no_dense_mask_on_cuda():
+    """An encoder forward and backward in bf16 at S = 512: a padded batch peaks less than one
+    (B, H, S, S) tensor above the same batch unpadded (the bias goes to SDPA alone, the padding
+    in the keys; before, a combined mask and its gradient cost two or more)."""
+    b, s = 16, 512
+    model = tiny_model(positions="t5_relative", max_positions=s).cuda().train()
+    ids = torch.randint(4, 64, (b, s), device="cuda")
+    padding = torch.ones(b, s, dtype=torch.long, device="cuda")
+    padding[::2, s // 2 :] = 0
+    dense = b * model.config.n_heads * s * s * 2  # bytes of one bf16 (B, H, S, S) tensor
+
+    def peak(mask):
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            memory = model.encode(ids, mask)
+        memory.float().square().mean().backward()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+
+    peak(padding)  # warm-up: kernels chosen, workspaces allocated
+    assert peak(padding) - peak(None) < dense / 2
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])

@@ -49,63 +49,82 @@ def dense_tensors_made(model, input_ids, attention_mask) -> int:
     return counter.count
 
 
-def padding_cost(path: str, positions: str) -> int:
+def long_batch():
+    """A padded batch long enough (S = T = 40 > 2 * (Dh + 8) at the tiny model's Dh = 8) that
+    SDPA carries the padding in the keys rather than in a combined (B, H, T, S) mask."""
+    return padded_batch(src_lengths=(40, 23, 3), tgt_lengths=(40, 31, 12))
+
+
+def padding_cost(path: str, positions: str, batch=None) -> int:
     """How many more (B, H, S, S) tensors an encoder pass makes over a padded batch than over
     the same shapes unpadded."""
     model = t5_model(path) if positions == "t5_relative" else tiny_model(positions=positions)
     if path == "math":
         model.set_attention_backend("math")
     model.train()  # dropout is 0: the same ops every call
-    batch = padded_batch()
+    batch = batch or padded_batch()
     padded = dense_tensors_made(model, batch.input_ids, batch.attention_mask)
     return padded - dense_tensors_made(model, batch.input_ids, None)
 
 
-@pytest.mark.parametrize("path", ["math", "kernels"])
+@pytest.mark.parametrize("path", ["math", "kernels", "sdpa"])
 def test_padding_costs_no_more_with_the_bias_than_without(path):
     """Key padding costs an encoder pass no more (B, H, S, S) tensors with the T5 bias than
     without one: the padding is applied to the scores (which the math path and the CPU
-    kernels compute anyway), never folded into a dense bias (as it was, with that dense bias's
-    gradient on top). The CPU kernels apply it in place: no extra tensor at all."""
-    assert padding_cost(path, "t5_relative") == padding_cost(path, "none")
-    if path == "kernels":
-        assert padding_cost(path, "t5_relative") == 0
+    kernels compute anyway) or carried by the keys (SDPA), never folded into a dense bias (as
+    it was, with that dense bias's gradient on top). The CPU kernels apply it in place: no
+    extra tensor at all."""
+    batch = long_batch()
+    assert padding_cost(path, "t5_relative", batch) == padding_cost(path, "none", batch)
+    if path != "math":
+        assert padding_cost(path, "t5_relative", batch) == 0
 
 
-def test_sdpa_takes_one_combined_mask_shared_by_the_layers():
-    """torch's SDPA takes one mask: the bias with the padding applied is built once per
-    forward, in the compute dtype, and every layer gets that same tensor."""
+def test_sdpa_gets_the_bias_alone_with_the_padding_in_the_keys():
+    """torch's SDPA takes one mask: every layer gets the (1, H, S, S) bias itself, the key
+    padding rides in extra key columns, and a forward makes no (B, H, S, S) tensor at all
+    (CPU's flash kernel takes the broadcast bias)."""
     model = t5_model("sdpa")
-    batch = padded_batch()
-    masks = []
+    batch = long_batch()
+    calls = []
     real = torch.nn.functional.scaled_dot_product_attention
 
     def recording(q, k, v, attn_mask=None, **kwargs):
-        masks.append(attn_mask)
+        calls.append((q.shape, k.shape, attn_mask))
         return real(q, k, v, attn_mask=attn_mask, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
         model.encode(batch.input_ids, batch.attention_mask)
-    assert len(masks) == model.config.n_encoder_layers
-    assert all(m is masks[0] for m in masks) and masks[0].dtype == torch.float32
-    assert masks[0].shape == (3, model.config.n_heads, 9, 9)
+    heads, s = model.config.n_heads, batch.input_ids.shape[1]
+    assert len(calls) == model.config.n_encoder_layers
+    assert all(mask is calls[0][2] for _, _, mask in calls)
+    assert calls[0][2].shape == (1, heads, s, s)
+    assert calls[0][0][-1] == calls[0][1][-1] == 16  # Dh 8 + 8 columns
+    with torch.no_grad(), DenseAllocations((3, heads, s, s)) as counter:
+        model.encode(batch.input_ids, batch.attention_mask)
+    assert counter.count == 0
 
 
 @pytest.mark.parametrize("path", ["sdpa", "kernels"])
-@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("padded", ["short", "long", "none"])
 def test_t5_bias_paths_equal_the_math_path(path, padded):
     """Logits and every gradient (the bias tables included) equal the math path's, with a
-    padded source (encoder self-attention, cross-attention) and padded decoder inputs."""
-    batch = padded_batch() if padded else padded_batch(src_lengths=(9, 9, 9), tgt_lengths=(7,) * 3)
+    padded source (encoder self-attention, cross-attention) and padded decoder inputs: short
+    (SDPA gets a combined mask) and long (SDPA gets the padding in the keys)."""
+    batch = {
+        "short": padded_batch(),
+        "long": long_batch(),
+        "none": padded_batch(src_lengths=(9, 9, 9), tgt_lengths=(7,) * 3),
+    }[padded]
     results = []
     for which in (path, "math"):
         model = t5_model(which).train()  # dropout 0
         logits = model(
             batch.input_ids,
             batch.decoder_input_ids,
-            batch.attention_mask if padded else None,
-            batch.decoder_attention_mask if padded else None,
+            batch.attention_mask if padded != "none" else None,
+            batch.decoder_attention_mask if padded != "none" else None,
         )
         logits.logsumexp(-1).mean().backward()
         results.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
@@ -142,3 +161,22 @@ def test_cached_decoding_with_padding_equals_the_math_full_pass(path, capacity):
         )
         pieces.append(out.logits)
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, **TOL)
+
+
+@pytest.mark.parametrize("batch", [padded_batch(), long_batch()], ids=["short", "long"])
+def test_kernels_on_a_gpu_keep_the_padding_beside_the_bias(batch):
+    """Off the CPU the kernel twins hand every attention to torch's SDPA (`sdpa_is_fused` is
+    True there): the key padding beside the T5 bias must reach it. Simulated on the CPU by
+    making `sdpa_is_fused` answer as it does on CUDA; logits equal the math path's."""
+    full = t5_model("math")(
+        batch.input_ids, batch.decoder_input_ids, batch.attention_mask, batch.decoder_attention_mask
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("s2s.kernels.attention.sdpa_is_fused", lambda *args: True)
+        logits = t5_model("kernels")(
+            batch.input_ids,
+            batch.decoder_input_ids,
+            batch.attention_mask,
+            batch.decoder_attention_mask,
+        )
+    torch.testing.assert_close(logits, full, **TOL)

@@ -32,7 +32,6 @@ equal the math path (tests/test_kernels.py).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from s2s.kernels.dropout import dropout_into, keep_mask, keep_scale
@@ -42,6 +41,7 @@ from s2s.model.attention import (
     SelfAttention,
     causal_mask,
     merge_heads,
+    sdpa,
 )
 
 
@@ -61,9 +61,7 @@ def attend(
     autograd records a float32 CPU attention, else the math below. "math": the math below.
     """
     if backend == "sdpa" and sdpa_is_fused(q, mask, dropout):
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.tensor, dropout_p=dropout, is_causal=mask.is_causal, scale=scale
-        )
+        return sdpa(q, k, v, mask, scale=scale, dropout=dropout)
     bias, allowed = _bias_and_allowed(mask, q.shape[-2], k.shape[-2], q.device)
     if backend == "sdpa" and _float32_cpu_training(q, k, v):
         return CpuAttention.apply(q, k, v, bias, allowed, scale, dropout)
@@ -78,13 +76,14 @@ def sdpa_is_fused(q: Tensor, mask: AttentionMask, dropout: float) -> bool:
 
     On CPU (checked with torch 2.13) the fused (flash) kernel takes no dropout and no mask
     that needs a gradient, such as T5's learned relative bias in training. CUDA's
-    memory-efficient kernel takes both (and a bias with padding as `AttentionMask.sdpa_mask`).
+    memory-efficient kernel takes both (and a bias with padding through `with_key_padding`).
     """
     if q.device.type != "cpu":
         return True
     bias_needs_grad = mask.tensor is not None and mask.tensor.requires_grad
-    # a bias beside key padding would have to be combined into one (B, H, T, S) mask for it;
-    # `masked_scores` applies both to the scores it computes anyway
+    # a bias beside key padding would need a combined (B, H, T, S) mask or widened q, k and v
+    # for it (`s2s.model.attention.sdpa`); `masked_scores` applies both to the scores it
+    # computes anyway
     return dropout == 0.0 and not bias_needs_grad and mask.padding is None
 
 

@@ -26,7 +26,7 @@ from torch.nn.modules import module as torch_module
 
 from s2s.kernels.dropout import Dropout
 from s2s.kernels.linear import DecodeLinear
-from s2s.model.attention import AttentionMask, CrossAttention, SelfAttention, attend
+from s2s.model.attention import AttentionMask, CrossAttention, SelfAttention, attend, sdpa
 from s2s.model.cache import LayerCache
 from s2s.model.feedforward import FeedForward, activate
 from s2s.model.layers import DecoderLayer, _Residual
@@ -148,9 +148,7 @@ def _linear(layer: DecodeLinear, x: Tensor) -> Tensor:
 def _attend(module: SelfAttention | CrossAttention, q, k, v, mask: AttentionMask) -> Tensor:
     """`attend` without dropout or autograd: torch's kernel is always fused then."""
     if module.backend == "sdpa":
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.sdpa_mask, is_causal=mask.is_causal, scale=module.scale
-        )
+        return sdpa(q, k, v, mask, scale=module.scale, dropout=0.0)
     return attend(q, k, v, mask, scale=module.scale, dropout=0.0, backend=module.backend)
 
 

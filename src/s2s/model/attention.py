@@ -13,13 +13,14 @@ training and decoding on top of these modules; nothing here depends on it.)
 
 A T5 bias stays (1, H, T, S) in the compute dtype: key padding is kept beside it as a
 (B, 1, 1, S) bool (`AttentionMask.padding`) rather than folded into a (B, H, T, S) bias. The
-math path and `s2s.kernels` apply the two to the scores they compute anyway; torch's SDPA takes
-one mask, so that path combines them once per forward (`AttentionMask.sdpa_mask`), shared by
-every layer (docs/performance.md).
+math path and `s2s.kernels` apply the two to the scores they compute anyway. torch's SDPA
+takes one mask, so `sdpa` there carries the padding in the keys instead (`with_key_padding`):
+no (B, H, T, S) tensor is made for it (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +40,12 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+# What a padded key's score loses on the SDPA path (`with_key_padding`), in units of the scaled
+# score: exp(-16384) is 0 in float32, and real scores never come within 100 of it. A power of
+# two, so -PENALTY is exact in bf16 and fp16 (whose largest finite value is 65504).
+PADDING_PENALTY = 2.0**14
+
+
 @dataclass(frozen=True)
 class AttentionMask:
     """What the kernel needs: an optional mask tensor, key padding, and whether to apply
@@ -54,20 +61,81 @@ class AttentionMask:
     tensor: Tensor | None = None
     is_causal: bool = False
     padding: Tensor | None = None
-    # sdpa_mask, once made (a dict rather than functools.cached_property, whose lock
-    # torch.compile cannot trace)
+    # what `with_key_padding` and `combined` make once per mask and every layer shares (a dict
+    # rather than functools.cached_property, whose lock torch.compile cannot trace)
     _made: dict[str, Tensor] = field(default_factory=dict, compare=False, repr=False)
 
-    @property
-    def sdpa_mask(self) -> Tensor | None:
-        """The one `attn_mask` torch's SDPA takes: `tensor`, or with `padding` the bias with
-        padded keys at the minimum, (B, H, T, S), made once per mask (the layers share it)."""
+    def combined(self) -> Tensor | None:
+        """`tensor` with `padding` folded in, (B, H, T, S): padded keys at the minimum. Only
+        where it is small (cached decoding, T = 1); `sdpa` otherwise avoids it."""
         if self.padding is None:
             return self.tensor
-        if "sdpa" not in self._made:
+        if "combined" not in self._made:
             fill = torch.finfo(self.tensor.dtype).min
-            self._made["sdpa"] = self.tensor.masked_fill(~self.padding, fill)
-        return self._made["sdpa"]
+            self._made["combined"] = self.tensor.masked_fill(~self.padding, fill)
+        return self._made["combined"]
+
+    def key_columns(self, width: int, scale: float, dtype: torch.dtype) -> Tensor:
+        """The columns `with_key_padding` appends to the keys: (B, 1, S, width), column 0 at
+        -sqrt(PADDING_PENALTY / scale) on padded keys and 0 on real ones, the rest 0."""
+        key = f"keys {width} {scale} {dtype}"
+        if key not in self._made:
+            padded = ~self.padding[:, :, 0, :, None]  # (B, 1, S, 1)
+            column = padded * -math.sqrt(PADDING_PENALTY / scale)
+            rest = torch.zeros(*padded.shape[:-1], width - 1, device=padded.device)
+            self._made[key] = torch.cat([column, rest], dim=-1).to(dtype)  # (B, 1, S, width)
+        return self._made[key]
+
+
+def with_key_padding(
+    q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: float, *, pad_values: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k (and v if `pad_values`) with a few columns appended so that scale * q'.k' equals
+    scale * q.k on real keys and that minus PADDING_PENALTY on padded ones: key padding carried
+    by the keys themselves, so SDPA takes the (1, H, T, S) bias alone as its mask and nothing
+    (B, H, T, S) is made for the padding.
+
+    q gets a column of a = sqrt(PADDING_PENALTY / scale), k a column of -a on padded keys and 0
+    on real ones; both are then padded with zeros to a multiple of 8 columns, the alignment
+    the fused kernels want. CUDA's memory-efficient kernel takes values narrower than the
+    keys; the CPU's flash kernel does not, so there v is widened with zeros too (its output
+    columns are dropped by the caller). Cost: (Dh + 8) / Dh of the q.k work and of q and k's
+    memory (12.5% at Dh = 64), against B * H * T * S of mask (docs/performance.md).
+    """
+    b, h, t, dh = q.shape
+    width = (dh // 8 + 1) * 8 - dh  # the appended columns: >= 1, (dh + width) % 8 == 0
+    keys = mask.key_columns(width, scale, k.dtype)  # (B, 1, S, width)
+    query = torch.zeros(width, dtype=q.dtype, device=q.device)
+    query[0] = math.sqrt(PADDING_PENALTY / scale)
+    q = torch.cat([q, query.expand(b, h, t, width)], dim=-1)  # (B, H, T, Dh + width)
+    k = torch.cat([k, keys.expand(-1, h, -1, -1)], dim=-1)  # (B, H, S, Dh + width)
+    if pad_values:
+        v = F.pad(v, (0, width))  # (B, H, S, Dh + width)
+    return q, k, v
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, *, scale: float, dropout: float):
+    """torch's `scaled_dot_product_attention` with an `AttentionMask`: q (B, H, T, Dh), k and v
+    (B, H, S, Dh) -> (B, H, T, Dh).
+
+    A bias with key padding goes in as the bias alone, the padding carried by the keys
+    (`with_key_padding`), unless the combined (B, H, T, S) mask is no bigger than the copies
+    of q and k that takes (cached decoding: T = 1).
+    """
+    if mask.padding is None:
+        attn_mask = mask.tensor
+    elif q.shape[-2] * k.shape[-2] <= (q.shape[-2] + k.shape[-2]) * (q.shape[-1] + 8):
+        attn_mask = mask.combined()
+    else:
+        dh = v.shape[-1]
+        q, k, v = with_key_padding(q, k, v, mask, scale, pad_values=q.device.type != "cuda")
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.tensor, dropout_p=dropout, scale=scale
+        )
+        return out[..., :dh]  # (B, H, T, Dh)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=mask.is_causal, scale=scale
+    )
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device | None) -> Tensor:
@@ -143,15 +211,7 @@ def attend(
     hold SDPA to: softmax(scale * Q K^T + bias, masked) V (Vaswani et al. 2017, Sec. 3.2.1).
     """
     if backend == "sdpa":
-        return F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask.sdpa_mask,
-            dropout_p=dropout,
-            is_causal=mask.is_causal,
-            scale=scale,
-        )
+        return sdpa(q, k, v, mask, scale=scale, dropout=dropout)
     probs = attention_weights(q, k, mask, scale=scale)  # (B, H, T, S)
     if dropout > 0.0:
         probs = F.dropout(probs, dropout)
