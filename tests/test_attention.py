@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from helpers.attention import assert_dropout_of_the_probabilities, randn
 
 from s2s.model.attention import (
+    PADDING_PENALTY,
     AttentionMask,
     CrossAttention,
     SelfAttention,
     attend,
+    attention_weights,
     build_mask,
     mask_dtype,
     sdpa,
@@ -76,6 +78,14 @@ def test_bias_with_padding_stays_one_per_head_in_the_compute_dtype():
         assert mask.padding.shape == (8, 1, 1, 4)
         assert bool(mask.tensor.isfinite().all()) and bool(mask.combined().isfinite().all())
     assert float(mask.tensor[0, 0, 0, 3]) == torch.finfo(torch.bfloat16).min  # causal fill
+
+
+def test_attention_weights_come_back_in_the_inputs_dtype():
+    """The softmax runs in float32 and the weights return in q's dtype (bf16 here)."""
+    q, k = randn(1, 2, 3, 8, seed=1).bfloat16(), randn(1, 2, 4, 8, seed=2).bfloat16()
+    weights = attention_weights(q, k, AttentionMask(), scale=1.0)
+    assert weights.dtype == torch.bfloat16
+    torch.testing.assert_close(weights.float().sum(-1), torch.ones(1, 2, 3), atol=1e-2, rtol=0)
 
 
 def test_math_attention_hand_worked():
@@ -161,6 +171,59 @@ def test_key_padding_carried_by_the_keys_equals_math(dh, scaled, pad_values):
         results[path] = [out.detach(), q.grad, k.grad, v.grad, bias.grad.clone()]
     for name, keys, math_ in zip(["out", "q", "k", "v", "bias"], *results.values(), strict=True):
         torch.testing.assert_close(keys, math_, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("scale", [1.0, 8**-0.5])
+def test_the_key_columns_cost_a_padded_key_exactly_the_penalty(scale):
+    """scale * q'.k' - scale * q.k is 0 on real keys and -PADDING_PENALTY on padded ones, for
+    the scale asked (the columns are made per width, scale and dtype, then shared)."""
+    padding = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    mask = build_mask(padding, q_len=3, k_len=4, causal=False, bias=randn(1, 2, 3, 4))
+    q, k, v = randn(2, 2, 3, 8, seed=1), randn(2, 2, 4, 8, seed=2), randn(2, 2, 4, 8, seed=3)
+    qx, kx, vx = with_key_padding(q, k, v, mask, scale, pad_values=True)
+    extra = scale * (qx @ kx.transpose(-1, -2)) - scale * (q @ k.transpose(-1, -2))
+    expected = torch.zeros(2, 2, 3, 4)
+    expected[0, :, :, 2:] = -PADDING_PENALTY
+    torch.testing.assert_close(extra, expected, atol=1e-2, rtol=1e-6)
+    assert torch.equal(vx[..., :8], v) and not vx[..., 8:].any()
+    assert mask.key_columns(8, scale, torch.float32) is mask.key_columns(8, scale, torch.float32)
+    assert not torch.equal(
+        mask.key_columns(8, 1.0, torch.float32), mask.key_columns(8, 0.25, torch.float32)
+    )
+
+
+@pytest.mark.parametrize(
+    ("t", "s", "keys"), [(32, 32, False), (33, 33, True), (1, 300, False), (30, 60, True)]
+)
+def test_sdpa_carries_the_padding_in_the_keys_only_where_the_mask_is_bigger(t, s, keys):
+    """The documented rule, at Dh = 8: the combined (B, H, T, S) mask while T * S <= (T + S) *
+    (Dh + 8) (one query of cached decoding never copies its keys), else widened q and k with
+    the (1, H, T, S) bias alone; the same numbers either way."""
+    padding = torch.ones(2, s, dtype=torch.long)
+    padding[1, s // 2 :] = 0
+    mask = build_mask(padding, q_len=t, k_len=s, causal=False, bias=randn(1, 2, t, s, seed=4))
+    q, k, v = randn(2, 2, t, 8, seed=1), randn(2, 2, s, 8, seed=2), randn(2, 2, s, 8, seed=3)
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kwargs):
+        calls.append((q.shape[-1], attn_mask.shape))
+        return real(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(F, "scaled_dot_product_attention", recording)
+        out = sdpa(q, k, v, mask, scale=1.0, dropout=0.0)
+    assert calls == [(16, (1, 2, t, s))] if keys else calls == [(8, (2, 2, t, s))]
+    expected = attend(q, k, v, mask, scale=1.0, dropout=0.0, backend="math")
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_combined_mask_is_made_once_per_mask():
+    """Where SDPA gets the combined mask (cached decoding), every layer shares one tensor."""
+    padding = torch.tensor([[1, 1, 0]])
+    mask = build_mask(padding, q_len=1, k_len=3, causal=False, bias=randn(1, 2, 1, 3))
+    assert mask.combined() is mask.combined()
+    assert mask.combined().shape == (1, 2, 1, 3) and float(mask.combined()[0, 0, 0, 2]) == LOWEST
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
