@@ -253,6 +253,28 @@ def test_key_padding_in_the_keys_holds_in_half_precision(dtype):
     torch.testing.assert_close(out[1:].float(), expected, atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("keys", [False, True], ids=["one mask", "padding in the keys"])
+def test_sdpa_applies_the_attention_dropout(keys):
+    """The SDPA path (the GPU's) drops attention probabilities when asked: outputs change
+    with the seed, and averaged over seeds they approach the undropped output (dropout is
+    unbiased); with p = 0 they are the undropped output exactly."""
+    t = s = 40 if keys else 5
+    padding = torch.ones(2, s, dtype=torch.long)
+    padding[1, s // 2 :] = 0
+    mask = build_mask(padding, q_len=t, k_len=s, causal=False, bias=randn(1, 2, t, s, seed=4))
+    q, k, v = randn(2, 2, t, 8, seed=1), randn(2, 2, s, 8, seed=2), randn(2, 2, s, 8, seed=3)
+    plain = sdpa(q, k, v, mask, scale=1.0, dropout=0.0)
+    runs = []
+    for seed in range(100):
+        torch.manual_seed(seed)
+        runs.append(sdpa(q, k, v, mask, scale=1.0, dropout=0.5))
+    assert not torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], plain)
+    # one run is off by ~100% of the output's size; the mean of 100 by ~10% (1 / sqrt(100));
+    # an unscaled (biased) dropout would stay ~50% off
+    error = (torch.stack(runs).mean(0) - plain).abs().mean() / plain.abs().mean()
+    assert error < 0.2
+
+
 def test_attention_dropout_is_dropout_of_the_probabilities():
     """The math path drops attention probabilities: same function, same mask (drawn from the
     global generator like torch's dropout), same gradients."""
