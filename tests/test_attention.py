@@ -88,6 +88,17 @@ def test_attention_weights_come_back_in_the_inputs_dtype():
     torch.testing.assert_close(weights.float().sum(-1), torch.ones(1, 2, 3), atol=1e-2, rtol=0)
 
 
+def test_the_attention_backend_is_checked_when_built():
+    """An attention module keeps the backend it was built with ("sdpa" by default), and an
+    unknown one is refused there, naming the setting and the choices."""
+    assert SelfAttention(16, 2, 8, bias=False, scale=True, dropout=0.0).backend == "sdpa"
+    cross = CrossAttention(16, 2, 8, bias=False, scale=True, dropout=0.0, backend="math")
+    assert cross.backend == "math"
+    with pytest.raises(ValueError) as err:
+        SelfAttention(16, 2, 8, bias=False, scale=True, dropout=0.0, backend="flash")
+    assert str(err.value) == "attention_backend='flash' must be one of ['sdpa', 'math']"
+
+
 def test_math_attention_hand_worked():
     q = torch.tensor([[[[1.0, 0.0]]]])  # (B=1, H=1, T=1, Dh=2)
     k = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
