@@ -104,8 +104,15 @@ def test_damaged_framing_is_refused_naming_the_file(values):
 def test_urls_are_told_from_local_paths(path, url):
     assert is_url(path) is url
     if url:
-        with pytest.raises(CheckpointError, match=rf"^init_from={re.escape(path)}: only local"):
-            refuse_url(path, "init_from")
+        for refuse in (refuse_url, read_checkpoint):
+            with pytest.raises(CheckpointError) as err:
+                refuse(path, "init_from")
+            assert str(err.value) == (
+                f"init_from={path}: only local files are read (download the file first, and "
+                "check where it came from)"
+            )
+        with pytest.raises(CheckpointError, match=rf"^checkpoint={re.escape(path)}: only local"):
+            read_checkpoint(path)  # the setting's default name
     else:
         refuse_url(path, "init_from")  # no error
 
@@ -179,6 +186,51 @@ def test_a_truncated_archive_is_refused_with_the_first_line_of_the_reason(
     assert message.startswith(f"{path}: not a readable checkpoint (") and "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (RuntimeError("PytorchStreamReader failed\n  at frame 2"), "PytorchStreamReader failed"),
+        (EOFError("  Ran out of input  "), "Ran out of input"),
+        (OSError(" \n "), "OSError"),
+        (zipfile.BadZipFile(), "BadZipFile"),
+    ],
+)
+def test_an_unreadable_file_is_refused_with_the_first_line_of_the_reason(
+    model, tokenizer, tmp_path, monkeypatch, error, reason
+):
+    path = write_ckpt(tmp_path / "m.ckpt", model, tokenizer)
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", failing)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    assert str(err.value) == f"{path}: not a readable checkpoint ({reason})"
+
+
+def test_files_are_loaded_weights_only_onto_the_cpu(model, tokenizer, tmp_path, monkeypatch):
+    """`weights_only=True` explicitly: torch 2.4 and 2.5 (which pyproject allows) default to
+    full unpickling. `map_location="cpu"`: a checkpoint written on a GPU opens without one."""
+    path = write_ckpt(tmp_path / "m.ckpt", model, tokenizer)
+    calls = []
+    real = torch.load
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording)
+    read_checkpoint(path)
+    assert calls == [{"map_location": "cpu", "weights_only": True}]
+
+
+def test_a_file_whose_tokenizer_outgrows_its_model_is_refused_naming_it(model, tokenizer, tmp_path):
+    path = write_ckpt(tmp_path / "m.ckpt", tiny_model(tokenizer.vocab_size - 3), tokenizer)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: the tokenizer has"):
+        read_checkpoint(path)
+
+
 def test_pickled_code_is_refused_naming_what_was_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "s2s": {}, "payload": NotPlainData()}, path)
@@ -241,6 +293,11 @@ def test_the_unpickler_reason_is_the_line_naming_what_was_refused():
         "WeightsUnpickler error: Unsupported global: GLOBAL my.Evil was not an allowed global "
         "by default"
     )
+    # either marker alone picks its line over the ones before it
+    only_unsupported = pickle.UnpicklingError("Weights only load failed.\nUnsupported operand 80")
+    assert _unpickler_reason(only_unsupported) == "Unsupported operand 80"
+    only_unpickler = pickle.UnpicklingError("Weights only load failed.\nUnpickler error: bad")
+    assert _unpickler_reason(only_unpickler) == "Unpickler error: bad"
     plain = pickle.UnpicklingError("\n  first line\nsecond")
     assert _unpickler_reason(plain) == "first line"
     assert _unpickler_reason(pickle.UnpicklingError("")) == "UnpicklingError"
