@@ -19,6 +19,7 @@ from s2s.model.attention import (
     build_mask,
     mask_dtype,
     sdpa,
+    widened_head_size,
     with_key_padding,
 )
 from s2s.model.cache import LayerCache
@@ -172,7 +173,7 @@ def test_key_padding_carried_by_the_keys_equals_math(dh, scaled, pad_values):
         mask = build_mask(padding, q_len=t, k_len=s, causal=True, bias=bias)
         if path == "keys":
             qx, kx, vx = with_key_padding(q, k, v, mask, scale, pad_values=pad_values)
-            assert qx.shape[-1] == kx.shape[-1] == (dh // 8 + 1) * 8
+            assert qx.shape[-1] == kx.shape[-1] == widened_head_size(dh)
             assert vx.shape[-1] == (qx.shape[-1] if pad_values else dh)
             out = F.scaled_dot_product_attention(qx, kx, vx, attn_mask=mask.tensor, scale=scale)
             out = out[..., :dh]
@@ -204,16 +205,26 @@ def test_the_key_columns_cost_a_padded_key_exactly_the_penalty(scale):
 
 
 @pytest.mark.parametrize(
-    ("t", "s", "keys"), [(32, 32, False), (33, 33, True), (1, 300, False), (30, 60, True)]
+    ("dh", "t", "s", "keys"),
+    [
+        (8, 32, 32, False),
+        (8, 33, 33, True),
+        (8, 1, 300, False),
+        (8, 30, 60, True),
+        (7, 16, 16, False),  # widened to 8 columns: 16 * 16 <= 32 * 8
+        (7, 17, 17, True),  # 17 * 17 > 34 * 8 (Dh + 8 = 15 would still pick the mask)
+    ],
 )
-def test_sdpa_carries_the_padding_in_the_keys_only_where_the_mask_is_bigger(t, s, keys):
-    """The documented rule, at Dh = 8: the combined (B, H, T, S) mask while T * S <= (T + S) *
-    (Dh + 8) (one query of cached decoding never copies its keys), else widened q and k with
-    the (1, H, T, S) bias alone; the same numbers either way."""
+def test_sdpa_carries_the_padding_in_the_keys_only_where_the_mask_is_bigger(dh, t, s, keys):
+    """The documented rule: the combined (B, H, T, S) mask while T * S <= (T + S) * W, W the
+    widened head size (Dh + 8 at Dh = 8; 8 at Dh = 7), so one query of cached decoding never
+    copies its keys; else widened q and k with the (1, H, T, S) bias alone; the same numbers
+    either way."""
+    assert widened_head_size(8) == 16 and widened_head_size(7) == 8 and widened_head_size(60) == 64
     padding = torch.ones(2, s, dtype=torch.long)
     padding[1, s // 2 :] = 0
     mask = build_mask(padding, q_len=t, k_len=s, causal=False, bias=randn(1, 2, t, s, seed=4))
-    q, k, v = randn(2, 2, t, 8, seed=1), randn(2, 2, s, 8, seed=2), randn(2, 2, s, 8, seed=3)
+    q, k, v = randn(2, 2, t, dh, seed=1), randn(2, 2, s, dh, seed=2), randn(2, 2, s, dh, seed=3)
     calls = []
     real = F.scaled_dot_product_attention
 
@@ -224,7 +235,8 @@ def test_sdpa_carries_the_padding_in_the_keys_only_where_the_mask_is_bigger(t, s
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(F, "scaled_dot_product_attention", recording)
         out = sdpa(q, k, v, mask, scale=1.0, dropout=0.0)
-    assert calls == [(16, (1, 2, t, s))] if keys else calls == [(8, (2, 2, t, s))]
+    wide = widened_head_size(dh)
+    assert calls == [(wide, (1, 2, t, s))] if keys else calls == [(dh, (2, 2, t, s))]
     expected = attend(q, k, v, mask, scale=1.0, dropout=0.0, backend="math")
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 

@@ -87,6 +87,12 @@ class AttentionMask:
         return self._made[key]
 
 
+def widened_head_size(dh: int) -> int:
+    """The head size `with_key_padding` gives q and k: at least one column more than Dh,
+    rounded up to the multiple of 8 the fused kernels want (64 -> 72, 60 -> 64)."""
+    return (dh // 8 + 1) * 8
+
+
 def with_key_padding(
     q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: float, *, pad_values: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -99,11 +105,12 @@ def with_key_padding(
     on real ones; both are then padded with zeros to a multiple of 8 columns, the alignment
     the fused kernels want. CUDA's memory-efficient kernel takes values narrower than the
     keys; the CPU's flash kernel does not, so there v is widened with zeros too (its output
-    columns are dropped by the caller). Cost: (Dh + 8) / Dh of the q.k work and of q and k's
-    memory (12.5% at Dh = 64), against B * H * T * S of mask (docs/performance.md).
+    columns are dropped by the caller). Cost: widened_head_size(Dh) / Dh of the q.k work and
+    of q and k's memory (12.5% at Dh = 64), against B * H * T * S of mask
+    (docs/performance.md).
     """
     b, h, t, dh = q.shape
-    width = (dh // 8 + 1) * 8 - dh  # the appended columns: >= 1, (dh + width) % 8 == 0
+    width = widened_head_size(dh) - dh  # the appended columns: >= 1
     keys = mask.key_columns(width, scale, k.dtype)  # (B, 1, S, width)
     query = torch.zeros(width, dtype=q.dtype, device=q.device)
     query[0] = math.sqrt(PADDING_PENALTY / scale)
@@ -119,12 +126,13 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, *, scale: float, 
     (B, H, S, Dh) -> (B, H, T, Dh).
 
     A bias with key padding goes in as the bias alone, the padding carried by the keys
-    (`with_key_padding`), unless the combined (B, H, T, S) mask is no bigger than the copies
-    of q and k that takes (cached decoding: T = 1).
+    (`with_key_padding`), unless the combined (B, H, T, S) mask is no bigger than the widened
+    copies of q and k that takes, T * S <= (T + S) * widened_head_size(Dh) (cached decoding:
+    T = 1).
     """
     if mask.padding is None:
         attn_mask = mask.tensor
-    elif q.shape[-2] * k.shape[-2] <= (q.shape[-2] + k.shape[-2]) * (q.shape[-1] + 8):
+    elif q.shape[-2] * k.shape[-2] <= (q.shape[-2] + k.shape[-2]) * widened_head_size(q.shape[-1]):
         attn_mask = mask.combined()
     else:
         dh = v.shape[-1]
