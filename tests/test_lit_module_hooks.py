@@ -1,0 +1,487 @@
+"""Seq2SeqLitModule's hooks driven by hand, with a stand-in for the Trainer: the loss against a
+cross-entropy written out here, the copy warm-up's start, end and report, what each logging
+step logs, validation's numbers and log line, the checkpoint entries, the optimiser and
+schedule it configures, and the settings it refuses. Seconds, no training run (the runs are in
+test_lit_module.py, test_train.py and test_synthetic.py)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers.generation import tiny_model
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+
+from s2s.data.synthetic import CopyWarmup
+from s2s.lit_module import (
+    SOURCE_PADDED,
+    TOKENS_KEY,
+    WARMUP_KEY,
+    EvalConfig,
+    Seq2SeqLitModule,
+    _cell,
+)
+from s2s.optim import adamw
+from s2s.throughput import Reading
+
+P = -100  # IGNORE_INDEX
+
+
+def module_for(tokenizer, **kwargs) -> Seq2SeqLitModule:
+    return Seq2SeqLitModule(tiny_model(tokenizer.vocab_size), tokenizer, optimizer=adamw, **kwargs)
+
+
+def attach(module: Seq2SeqLitModule, **state) -> SimpleNamespace:
+    """A stand-in Trainer with what the hooks read (one device, training, step 0)."""
+    trainer = SimpleNamespace(
+        global_step=0,
+        global_rank=0,
+        world_size=1,
+        training=True,
+        sanity_checking=False,
+        is_global_zero=True,
+        log_every_n_steps=1,
+        callback_metrics={},
+        model=module,
+        gradient_clip_val=None,
+        precision_plugin=Precision(),
+        strategy=SimpleNamespace(reduce=lambda value, reduce_op: value),
+    )
+    vars(trainer).update(state)
+    module._trainer = trainer
+    return trainer
+
+
+def logged_by(module: Seq2SeqLitModule, monkeypatch) -> dict[str, float]:
+    """What `module.log` receives, key -> value (and key + "/batch_size" when one is given)."""
+    logged: dict[str, float] = {}
+
+    def log(key, value, **kwargs):
+        logged[key] = float(value.detach() if isinstance(value, torch.Tensor) else value)
+        if "batch_size" in kwargs:
+            logged[key + "/batch_size"] = kwargs["batch_size"]
+
+    monkeypatch.setattr(module, "log", log)
+    return logged
+
+
+def batch() -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": torch.tensor([[5, 6, 7, 0], [8, 9, 10, 11]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]),
+        "labels": torch.tensor([[12, 13, 1], [14, 1, P]]),
+    }
+
+
+# -- settings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["num_samples", "generation_examples", "denoise_lines"])
+def test_eval_counts_must_not_be_negative(name):
+    assert getattr(EvalConfig(**{name: 0}), name) == 0
+    with pytest.raises(ValueError, match=rf"^eval\.{name}=-1 must be >= 0$"):
+        EvalConfig(**{name: -1})
+
+
+def test_eval_attention_maps_and_max_new_tokens_are_checked():
+    assert EvalConfig(attention_maps=0).attention_maps == 0
+    with pytest.raises(ValueError, match=r"^eval\.attention_maps=-2 must be >= 0$"):
+        EvalConfig(attention_maps=-2)
+    assert EvalConfig(max_new_tokens=1).max_new_tokens == 1
+    with pytest.raises(ValueError, match=r"^eval\.max_new_tokens=0 must be >= 1$"):
+        EvalConfig(max_new_tokens=0)
+
+
+def test_eval_metrics_are_checked_and_named():
+    assert EvalConfig(metrics=["bleu"]).metrics == ("bleu",)
+    with pytest.raises(ValueError, match=r"eval\.metrics"):
+        EvalConfig(metrics=["bleu", "meteor"])
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.0])
+def test_label_smoothing_outside_0_1_is_refused(tokenizer, smoothing):
+    with pytest.raises(
+        ValueError, match=rf"^loss\.label_smoothing={smoothing} must be in \[0, 1\)$"
+    ):
+        module_for(tokenizer, label_smoothing=smoothing)
+
+
+# -- the loss -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_the_loss_is_the_mean_cross_entropy_of_the_real_target_tokens(tokenizer, smoothing):
+    """Written out: -log p(label) over the real labels, mixed with the mean -log p over the
+    vocabulary by the smoothing (Szegedy et al. 2016), averaged over the 5 real tokens."""
+    module = module_for(tokenizer, label_smoothing=smoothing)
+    loss, logits = module.loss(batch())
+    labels = batch()["labels"]
+    assert logits.shape == (2, 3, tokenizer.vocab_size)
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    terms = []
+    for b, t in zip(*torch.nonzero(labels != P, as_tuple=True), strict=True):
+        nll = -logp[b, t, labels[b, t]]
+        terms.append((1 - smoothing) * nll - smoothing * logp[b, t].mean())
+    assert len(terms) == 5
+    torch.testing.assert_close(loss.double(), torch.stack(terms).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_the_model_gets_no_mask_for_a_batch_noted_unpadded(tokenizer):
+    module = module_for(tokenizer)
+    calls = []
+    model = module.model
+
+    def recording(ids, decoder_ids, mask):
+        calls.append((decoder_ids, mask))
+        return model(ids, decoder_ids, mask)
+
+    object.__setattr__(module, "_forward", recording)  # as `compile` sets it
+    module.loss(batch())  # not noted: the mask goes in
+    module.loss({**batch(), SOURCE_PADDED: True})
+    module.loss({**batch(), SOURCE_PADDED: False})
+    masks = [mask for _, mask in calls]
+    assert masks[0] is not None and masks[1] is not None and masks[2] is None
+    # the decoder reads the labels shifted right, from the decoder start
+    assert torch.equal(calls[0][0], model.shift_right(batch()["labels"]))
+
+
+def test_before_transfer_notes_padding_on_training_batches_only(tokenizer):
+    module = module_for(tokenizer)
+    assert SOURCE_PADDED not in module.on_before_batch_transfer(batch(), 0)
+    trainer = attach(module)
+    assert module.on_before_batch_transfer(batch(), 0)[SOURCE_PADDED] is True
+    full = {**batch(), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+    assert module.on_before_batch_transfer(full, 0)[SOURCE_PADDED] is False
+    trainer.training = False  # validation batches are left alone
+    assert SOURCE_PADDED not in module.on_before_batch_transfer(batch(), 0)
+    trainer.training = True
+    assert module.on_before_batch_transfer([1, 2], 0) == [1, 2]  # not a dict: as is
+    assert SOURCE_PADDED not in module.on_before_batch_transfer({"input_ids": 1}, 0)
+
+
+# -- the copy warm-up -----------------------------------------------------------------------
+
+
+def test_the_warmup_runs_its_steps_or_until_it_ended(tokenizer):
+    module = module_for(tokenizer, copy_warmup=CopyWarmup(steps=3))
+    trainer = attach(module)
+    assert [module.in_copy_warmup for trainer.global_step in range(5)] == [1, 1, 1, 0, 0]
+    module._warmup_end = 1  # it copied: ended after step 0
+    assert [module.in_copy_warmup for trainer.global_step in range(3)] == [1, 0, 0]
+    assert not module_for(tokenizer).in_copy_warmup  # steps=0: off
+
+
+def test_the_warmup_ends_once_the_window_averages_until(tokenizer, monkeypatch):
+    module = module_for(tokenizer, copy_warmup=CopyWarmup(steps=100, until=0.5, window=2))
+    trainer = attach(module)
+    logged = logged_by(module, monkeypatch)
+    labels = torch.tensor([[3, 4]])
+
+    def step(right: int) -> None:  # a batch with `right` of its 2 tokens predicted right
+        predicted = torch.tensor([[3, 4]])
+        predicted[0, right:] = 9
+        module._track_copying(torch.nn.functional.one_hot(predicted, 12).float(), labels)
+        trainer.global_step += 1
+
+    step(2)  # 1.0, but the window is not full yet
+    assert module._warmup_end is None and logged["train/copy_acc"] == 1.0
+    step(0)  # (1.0 + 0.0) / 2 = 0.5 >= until: ends after this step (step 1)
+    assert module._warmup_end == 2 and module._copy_scores == [1.0, 0.0]
+    module._warmup_end = None
+    step(0)  # (0 + 0) / 2: the window keeps the last 2 only
+    assert module._copy_scores == [0.0, 0.0] and module._warmup_end is None
+    step(1)  # (0 + 0.5) / 2 = 0.25
+    assert module._warmup_end is None and logged["train/copy_acc"] == 0.5
+
+
+def test_the_warmup_score_is_the_mean_over_ranks(tokenizer, monkeypatch):
+    module = module_for(tokenizer, copy_warmup=CopyWarmup(steps=100, until=0.7, window=1))
+    seen = []
+
+    def reduce(value, reduce_op):
+        seen.append((float(value), reduce_op))
+        return torch.tensor(0.75)  # the other ranks copy better
+
+    attach(module, strategy=SimpleNamespace(reduce=reduce))
+    logged = logged_by(module, monkeypatch)
+    logits = torch.nn.functional.one_hot(torch.tensor([[3, 9]]), 12).float()
+    module._track_copying(logits, torch.tensor([[3, 4]]))
+    assert seen == [(0.5, "mean")] and logged["train/copy_acc"] == 0.75
+    assert module._warmup_end == 1
+
+
+def test_without_until_the_warmup_runs_all_its_steps(tokenizer, monkeypatch):
+    module = module_for(tokenizer, copy_warmup=CopyWarmup(steps=100, window=1))
+    attach(module)
+    logged_by(module, monkeypatch)
+    logits = torch.nn.functional.one_hot(torch.tensor([[3, 4]]), 12).float()
+    module._track_copying(logits, torch.tensor([[3, 4]]))
+    assert module._copy_scores == [1.0] and module._warmup_end is None
+
+
+@pytest.mark.parametrize(
+    ("until", "scores", "end", "level", "words"),
+    [
+        (0.8, [0.7, 0.9], 7, logging.INFO, "copy warm-up done after 7 steps: copies 80%"),
+        (0.9, [0.7, 0.9], None, logging.WARNING, "copy warm-up: 30 steps (copy_warmup.steps)"),
+        (None, [0.5], None, logging.INFO, "done after 30 steps: copies 50%"),  # COPYING = 0.5
+        (None, [0.4], None, logging.WARNING, "copies only 40% of its tokens (wanted: 50%)"),
+    ],
+)
+def test_the_warmup_report_says_how_it_ended(tokenizer, caplog, until, scores, end, level, words):
+    module = module_for(tokenizer, copy_warmup=CopyWarmup(steps=30, until=until))
+    module._copy_scores, module._warmup_end = scores, end
+    with caplog.at_level(logging.INFO, logger="s2s.lit_module"):
+        module._report_warmup()
+    assert module._warmup_reported
+    assert [r.levelno for r in caplog.records] == [level]
+    assert words in caplog.records[0].getMessage()
+
+
+def test_a_resume_after_the_warmup_reports_nothing(tokenizer, caplog):
+    module = module_for(tokenizer, copy_warmup=CopyWarmup(steps=30, until=0.9))
+    with caplog.at_level(logging.INFO, logger="s2s.lit_module"):
+        module._report_warmup()  # no scores: nothing to judge by
+    assert caplog.records == [] and module._warmup_reported
+
+
+def test_training_steps_switch_from_the_warmup_rows_to_the_data(tokenizer, monkeypatch):
+    """Steps 0-1 train on random rows to copy (their token accuracy logged), step 2 on the
+    batch itself, with the report once."""
+    module = module_for(tokenizer, copy_warmup=CopyWarmup(steps=2, length=6, noised=0.0))
+    trainer = attach(module)
+    logged = logged_by(module, monkeypatch)
+    reports = []
+    monkeypatch.setattr(module, "_report_warmup", lambda: reports.append(trainer.global_step))
+    seen = []
+    loss = module.loss
+    monkeypatch.setattr(module, "loss", lambda b: seen.append(b) or loss(b))
+    for trainer.global_step in range(2):
+        module.training_step(batch(), 0)
+        assert seen[-1]["input_ids"].shape == (2, 7)  # 6 random tokens + EOS per row
+        assert "train/copy_acc" in logged
+    del logged["train/copy_acc"]
+    assert reports == []
+    trainer.global_step = 2
+    module.training_step(batch(), 0)
+    assert seen[-1] is not None and torch.equal(seen[-1]["labels"], batch()["labels"])
+    assert reports == [2] and "train/copy_acc" not in logged
+    # without a warm-up there is nothing to report
+    plain = module_for(tokenizer)
+    attach(plain)
+    logged_by(plain, monkeypatch)
+    monkeypatch.setattr(plain, "_report_warmup", lambda: reports.append("plain"))
+    plain.training_step(batch(), 0)
+    assert reports == [2]
+
+
+def test_warmup_rows_are_noised_from_noise_from(tokenizer):
+    calls = []
+
+    def noise(ids, rng):  # records the step's noising
+        calls.append(len(ids))
+        from s2s.data.noising import NoisedExample
+
+        return NoisedExample(input_ids=ids, target_ids=ids)
+
+    warmup = CopyWarmup(steps=10, length=4, noised=1.0, noise_from=3)
+    module = module_for(tokenizer, copy_warmup=warmup, warmup_noise=noise)
+    trainer = attach(module)
+    for trainer.global_step in range(5):
+        before = len(calls)
+        module._warmup_batch(batch(), 0)
+        assert (len(calls) > before) == (trainer.global_step >= 3), trainer.global_step
+
+
+# -- logging steps --------------------------------------------------------------------------
+
+
+def reading(module, monkeypatch, **values) -> None:
+    monkeypatch.setattr(module, "_read_meter", lambda: Reading(**values))
+
+
+def test_a_logging_step_logs_rates_of_the_interval(tokenizer, monkeypatch):
+    module = module_for(tokenizer)
+    trainer = attach(module, log_every_n_steps=4, global_step=8)
+    logged = logged_by(module, monkeypatch)
+    reading(module, monkeypatch, tokens=600, positions=800, flops=3e12, seconds=2.0, loss=1.5)
+    module.peak_flops = 6e12
+    module._lr = 0.25
+    module.on_train_batch_end(None, batch(), 0)
+    assert logged == {
+        "train/tokens_per_sec": 300.0,
+        "train/tflops": 1.5,
+        "train/mfu": 0.25,
+        "train/padding_fraction": 0.25,
+        "train/lr": 0.25,
+    }
+    assert module.progress == {"train/lr": 0.25, "train/loss": 1.5}
+    logged.clear()
+    module.on_train_batch_end(None, batch(), 1)  # the same step again (accumulation): nothing
+    trainer.global_step = 9  # not a logging step
+    module.on_train_batch_end(None, batch(), 2)
+    trainer.global_step, trainer.log_every_n_steps = 12, 0  # logging off
+    module.on_train_batch_end(None, batch(), 3)
+    assert logged == {}
+
+
+def test_a_logging_step_without_peak_positions_or_lr_logs_what_it_has(tokenizer, monkeypatch):
+    module = module_for(tokenizer)
+    attach(module, log_every_n_steps=1, global_step=3)
+    logged = logged_by(module, monkeypatch)
+    reading(module, monkeypatch, tokens=10, positions=0, flops=0.0, seconds=0.0, loss=None)
+    module.on_train_batch_end(None, batch(), 0)
+    assert logged == {"train/tokens_per_sec": 10 / 1e-9, "train/tflops": 0.0}
+    assert module.progress == {}
+
+
+def test_the_meter_reading_adds_to_the_runs_totals(tokenizer, monkeypatch):
+    module = module_for(tokenizer)
+    attach(module)
+    logged_by(module, monkeypatch)
+    module.training_step(batch(), 0)  # 7 source + 5 target tokens, 8 + 6 positions
+    first = module._read_meter()
+    assert (first.tokens, first.positions) == (12, 14)
+    module.training_step(batch(), 1)
+    module._read_meter()
+    assert module.throughput.tokens == 24
+    assert module.throughput.flops == 2 * first.flops > 0
+    assert module.throughput.seconds >= first.seconds >= 0
+
+
+def test_tokens_seen_counts_every_device_and_the_runs_before(tokenizer, monkeypatch):
+    module = module_for(tokenizer)
+    attach(module, world_size=4)
+    logged_by(module, monkeypatch)
+    module.tokens_before = 1000
+    module.throughput.tokens = 50
+    module.training_step(batch(), 0)  # 12 pending, not yet read
+    assert module.tokens_seen == 1000 + (50 + 12) * 4
+
+
+# -- validation -----------------------------------------------------------------------------
+
+
+def test_validation_logs_token_weighted_loss_and_accuracy(tokenizer, monkeypatch):
+    module = module_for(tokenizer, eval_config=EvalConfig(num_samples=1, generation_examples=3))
+    attach(module, training=False)
+    logged = logged_by(module, monkeypatch)
+    module.validation_step(batch(), 0)
+    loss, logits = module.loss(batch())
+    labels = batch()["labels"]
+    right = int(((logits.argmax(-1) == labels) & (labels != P)).sum())
+    assert logged["val/loss"] == pytest.approx(float(loss))
+    assert logged["val/token_acc"] == pytest.approx(right / 5)
+    assert logged["val/loss/batch_size"] == logged["val/token_acc/batch_size"] == 5
+    # batches are kept for decoding until they hold max(num_samples, generation_examples) rows
+    module.validation_step(batch(), 1)
+    module.validation_step(batch(), 2)
+    assert len(module._val_batches) == 2
+
+
+@pytest.mark.parametrize(
+    ("step", "sanity", "when"),
+    [(5, False, "step 5: "), (0, True, "step 0 (before training): "), (7, True, "(sanity check)")],
+)
+def test_validation_end_logs_perplexity_and_a_line(
+    tokenizer, monkeypatch, caplog, step, sanity, when
+):
+    module = module_for(tokenizer)
+    metrics = {"val/loss": torch.tensor(1.25), "val/token_acc": torch.tensor(0.5)}
+    attach(module, global_step=step, sanity_checking=sanity, callback_metrics=metrics)
+    logged = logged_by(module, monkeypatch)
+    with caplog.at_level(logging.INFO, logger="s2s.lit_module"):
+        module.on_validation_epoch_end()
+    assert logged["val/ppl"] == pytest.approx(math.exp(1.25))
+    assert when in caplog.text and "val/loss 1.2500, val/token_acc 0.5000" in caplog.text
+
+
+def test_perplexity_is_capped_and_only_rank_zero_writes_the_line(tokenizer, monkeypatch, caplog):
+    module = module_for(tokenizer)
+    attach(module, callback_metrics={"val/loss": torch.tensor(80.0)}, is_global_zero=False)
+    logged = logged_by(module, monkeypatch)
+    with caplog.at_level(logging.INFO, logger="s2s.lit_module"):
+        module.on_validation_epoch_end()
+    assert logged["val/ppl"] == pytest.approx(math.exp(50.0))
+    assert caplog.records == []
+    attach(module, callback_metrics={})
+    logged.clear()
+    module.on_validation_epoch_end()
+    assert logged == {}
+
+
+def test_samples_are_written_as_a_markdown_table(tokenizer):
+    module = module_for(tokenizer, eval_config=EvalConfig(num_samples=2))
+    texts = []
+    experiment = SimpleNamespace(add_text=lambda *args: texts.append(args))
+    attach(module, global_step=4, logger=SimpleNamespace(experiment=experiment))
+    outputs = {
+        "inputs": ["a|b", "c", "d"],
+        "predictions": ["x", "y<pad>", "z"],
+        "targets": list("tuv"),
+    }
+    module._write_samples(outputs)
+    assert texts == [
+        (
+            "val/samples",
+            "| input | prediction | target |\n|---|---|---|\n| a\\|b | x | t |\n| c | y | u |",
+            4,
+        )
+    ]
+
+
+def test_a_cell_is_one_line_of_at_most_300_characters():
+    assert _cell("a<pad>|b\nc") == "a\\|b / c"
+    assert _cell("x" * 400) == "x" * 300
+
+
+# -- checkpoints and the optimiser ----------------------------------------------------------
+
+
+def test_checkpoints_carry_the_tokens_seen_and_the_warmups_state(tokenizer, monkeypatch):
+    module = module_for(tokenizer)
+    attach(module, world_size=2)
+    module.throughput.tokens, module.tokens_before = 10, 5
+    module._warmup_end, module._copy_scores = 40, [0.5, 0.75]
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint[TOKENS_KEY] == 25
+    assert checkpoint[WARMUP_KEY] == {"end": 40, "scores": [0.5, 0.75]}
+    assert checkpoint["s2s"]["model_config"]["d_model"] == module.model.config.d_model
+    resumed = module_for(tokenizer)
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.tokens_before == 25
+    assert (resumed._warmup_end, resumed._copy_scores) == (40, [0.5, 0.75])
+    old = module_for(tokenizer)  # a checkpoint from before these entries
+    old._warmup_end = 3
+    old.on_load_checkpoint({})
+    assert (old.tokens_before, old._warmup_end, old._copy_scores) == (0, None, [])
+
+
+def test_the_schedule_steps_every_optimiser_step(tokenizer):
+    schedule = lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)  # noqa: E731
+    configured = module_for(tokenizer, scheduler=schedule).configure_optimizers()
+    assert isinstance(configured["optimizer"], torch.optim.AdamW)
+    assert configured["lr_scheduler"]["interval"] == "step"
+    assert configured["lr_scheduler"]["scheduler"].optimizer is configured["optimizer"]
+    assert isinstance(module_for(tokenizer).configure_optimizers(), torch.optim.AdamW)
+
+
+@pytest.mark.parametrize(
+    ("clip", "plugin", "fused"),
+    [
+        (1.0, MixedPrecision("bf16-mixed", "cpu"), False),
+        (None, MixedPrecision("bf16-mixed", "cpu"), True),
+        (1.0, Precision(), True),
+    ],
+)
+def test_fused_adamw_gives_way_only_to_clipping_under_mixed_precision(
+    tokenizer, clip, plugin, fused
+):
+    module = module_for(tokenizer)
+    attach(module, gradient_clip_val=clip, precision_plugin=plugin)
+    optimizer = module.configure_optimizers()
+    assert optimizer.defaults["fused"] is fused
