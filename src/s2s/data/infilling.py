@@ -104,7 +104,7 @@ def infilling_spans(
         if breaks.shape != (num_tokens,):
             raise ValueError(f"line_breaks shape {breaks.shape} != ids shape ({num_tokens},)")
         if per_line:
-            return _spans_per_line(num_tokens, mask_ratio, poisson_lambda, rng, word_starts, breaks)
+            return _spans_per_line(mask_ratio, poisson_lambda, rng, word_starts, breaks)
         spans = infilling_spans(
             num_tokens,
             mask_ratio=mask_ratio,
@@ -125,7 +125,6 @@ def infilling_spans(
 
 
 def _spans_per_line(
-    num_tokens: int,
     mask_ratio: float,
     poisson_lambda: float,
     rng: np.random.Generator,
