@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.attention import assert_dropout_of_the_probabilities, randn
+from helpers.attention import assert_dropout_of_the_probabilities, randn, recorded_sdpa
 
 from s2s.model.attention import (
     PADDING_PENALTY,
@@ -225,18 +225,11 @@ def test_sdpa_carries_the_padding_in_the_keys_only_where_the_mask_is_bigger(dh, 
     padding[1, s // 2 :] = 0
     mask = build_mask(padding, q_len=t, k_len=s, causal=False, bias=randn(1, 2, t, s, seed=4))
     q, k, v = randn(2, 2, t, dh, seed=1), randn(2, 2, s, dh, seed=2), randn(2, 2, s, dh, seed=3)
-    calls = []
-    real = F.scaled_dot_product_attention
-
-    def recording(q, k, v, attn_mask=None, **kwargs):
-        calls.append((q.shape[-1], attn_mask.shape))
-        return real(q, k, v, attn_mask=attn_mask, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(F, "scaled_dot_product_attention", recording)
+    with recorded_sdpa() as calls:
         out = sdpa(q, k, v, mask, scale=1.0, dropout=0.0)
+    called = [(q_shape[-1], mask.shape) for q_shape, _, mask in calls]
     wide = widened_head_size(dh)
-    assert calls == [(wide, (1, 2, t, s))] if keys else calls == [(dh, (2, 2, t, s))]
+    assert called == [(wide, (1, 2, t, s))] if keys else called == [(dh, (2, 2, t, s))]
     expected = attend(q, k, v, mask, scale=1.0, dropout=0.0, backend="math")
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 

@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from helpers.model import kernel_model, padded_batch, tiny_model
+from helpers.model import kernel_model, long_padded_batch, padded_batch, tiny_model
 from helpers.train import compose_train, overrides_for, run_cli
 
 from s2s.checkpoint import read_checkpoint
@@ -46,13 +46,10 @@ def _logits_and_grads(model, batch, dtype=None):
     return logits.float(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-LONG = dict(src_lengths=(40, 23, 3), tgt_lengths=(40, 31, 12))  # padding carried by the keys
-
-
 @pytest.mark.parametrize("lengths", ["short", "long"])
 @pytest.mark.parametrize("positions", ["rotary", "t5_relative"])
 def test_sdpa_on_cuda_matches_the_math_reference(positions, lengths):
-    batch = (padded_batch() if lengths == "short" else padded_batch(**LONG)).to("cuda")
+    batch = (padded_batch() if lengths == "short" else long_padded_batch()).to("cuda")
     sdpa = tiny_model(positions=positions).cuda().train()  # dropout is off in tiny_model
     math = tiny_model(positions=positions, attention_backend="math").cuda().train()
     (a, grads_a), (b, grads_b) = _logits_and_grads(sdpa, batch), _logits_and_grads(math, batch)

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.model import decode_step_by_step, padded_batch, tiny_model, with_kernels
+from helpers.attention import recorded_sdpa
+from helpers.model import (
+    decode_step_by_step,
+    long_padded_batch,
+    padded_batch,
+    tiny_model,
+    with_kernels,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -49,12 +56,6 @@ def dense_tensors_made(model, input_ids, attention_mask) -> int:
     return counter.count
 
 
-def long_batch():
-    """A padded batch long enough (S = T = 40 > 2 * (Dh + 8) at the tiny model's Dh = 8) that
-    SDPA carries the padding in the keys rather than in a combined (B, H, T, S) mask."""
-    return padded_batch(src_lengths=(40, 23, 3), tgt_lengths=(40, 31, 12))
-
-
 def padding_cost(path: str, positions: str, batch=None) -> int:
     """How many more (B, H, S, S) tensors an encoder pass makes over a padded batch than over
     the same shapes unpadded."""
@@ -74,7 +75,7 @@ def test_padding_costs_no_more_with_the_bias_than_without(path):
     kernels compute anyway) or carried by the keys (SDPA), never folded into a dense bias (as
     it was, with that dense bias's gradient on top). The CPU kernels apply it in place: no
     extra tensor at all."""
-    batch = long_batch()
+    batch = long_padded_batch()
     assert padding_cost(path, "t5_relative", batch) == padding_cost(path, "none", batch)
     if path != "math":
         assert padding_cost(path, "t5_relative", batch) == 0
@@ -85,16 +86,8 @@ def test_sdpa_gets_the_bias_alone_with_the_padding_in_the_keys():
     padding rides in extra key columns, and a forward makes no (B, H, S, S) tensor at all
     (CPU's flash kernel takes the broadcast bias)."""
     model = t5_model("sdpa")
-    batch = long_batch()
-    calls = []
-    real = torch.nn.functional.scaled_dot_product_attention
-
-    def recording(q, k, v, attn_mask=None, **kwargs):
-        calls.append((q.shape, k.shape, attn_mask))
-        return real(q, k, v, attn_mask=attn_mask, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    batch = long_padded_batch()
+    with recorded_sdpa() as calls:
         model.encode(batch.input_ids, batch.attention_mask)
     heads, s = model.config.n_heads, batch.input_ids.shape[1]
     assert len(calls) == model.config.n_encoder_layers
@@ -114,7 +107,7 @@ def test_t5_bias_paths_equal_the_math_path(path, padded):
     (SDPA gets a combined mask) and long (SDPA gets the padding in the keys)."""
     batch = {
         "short": padded_batch(),
-        "long": long_batch(),
+        "long": long_padded_batch(),
         "none": padded_batch(src_lengths=(9, 9, 9), tgt_lengths=(7,) * 3),
     }[padded]
     results = []
@@ -163,7 +156,7 @@ def test_cached_decoding_with_padding_equals_the_math_full_pass(path, capacity):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, **TOL)
 
 
-@pytest.mark.parametrize("batch", [padded_batch(), long_batch()], ids=["short", "long"])
+@pytest.mark.parametrize("batch", [padded_batch(), long_padded_batch()], ids=["short", "long"])
 def test_kernels_on_a_gpu_keep_the_padding_beside_the_bias(batch):
     """Off the CPU the kernel twins hand every attention to torch's SDPA (`sdpa_is_fused` is
     True there): the key padding beside the T5 bias must reach it. Simulated on the CPU by

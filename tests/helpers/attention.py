@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
+import pytest
 import torch
 
 from s2s.model.attention import AttentionMask
@@ -32,3 +34,19 @@ def assert_dropout_of_the_probabilities(attend: Callable, dropout: Callable) -> 
     expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want)
+
+
+@contextlib.contextmanager
+def recorded_sdpa() -> Iterator[list[tuple[torch.Size, torch.Size, torch.Tensor | None]]]:
+    """Within it, every call of torch's `scaled_dot_product_attention` still runs and appends
+    (q's shape, k's shape, attn_mask) to the list it yields."""
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kwargs):
+        calls.append((q.shape, k.shape, attn_mask))
+        return real(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+        yield calls

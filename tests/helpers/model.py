@@ -126,3 +126,10 @@ def jitter(model: nn.Module, seed: int) -> nn.Module:
             bias = model.final_logits_bias
             bias.copy_(0.2 * torch.randn(bias.shape, generator=gen))
     return model.eval()
+
+
+def long_padded_batch(vocab: int = VOCAB) -> Batch:
+    """A padded batch long enough (S = T = 40 > 2 * 16, the widened head size of the tiny
+    model's Dh = 8) that SDPA carries the padding in the keys rather than in a combined
+    (B, H, T, S) mask (`s2s.model.attention.sdpa`)."""
+    return padded_batch(vocab, src_lengths=(40, 23, 3), tgt_lengths=(40, 31, 12))
