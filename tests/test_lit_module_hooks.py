@@ -373,7 +373,7 @@ def test_validation_logs_token_weighted_loss_and_accuracy(tokenizer, monkeypatch
     loss, logits = module.loss(batch())
     labels = batch()["labels"]
     right = int(((logits.argmax(-1) == labels) & (labels != P)).sum())
-    assert logged["val/loss"] == pytest.approx(float(loss))
+    assert logged["val/loss"] == pytest.approx(float(loss.detach()))
     assert logged["val/token_acc"] == pytest.approx(right / 5)
     assert logged["val/loss/batch_size"] == logged["val/token_acc/batch_size"] == 5
     # batches are kept for decoding until they hold max(num_samples, generation_examples) rows
@@ -485,3 +485,100 @@ def test_fused_adamw_gives_way_only_to_clipping_under_mixed_precision(
     attach(module, gradient_clip_val=clip, precision_plugin=plugin)
     optimizer = module.configure_optimizers()
     assert optimizer.defaults["fused"] is fused
+
+
+# -- the other hooks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("32-true", "float32"), ("bf16-mixed", "bfloat16")]
+)
+def test_training_starts_with_the_peak_of_the_devices_compute_dtype(
+    tokenizer, monkeypatch, precision, dtype
+):
+    asked = []
+
+    def peak(device, compute, override):
+        asked.append((device.type, str(compute), override))
+        return 2e12, "here"
+
+    monkeypatch.setattr("s2s.lit_module.peak_flops", peak)
+    module = module_for(tokenizer, peak_tflops=7.0)
+    attach(module, precision=precision)
+    module.on_train_start()
+    assert asked == [("cpu", f"torch.{dtype}", 7.0)]
+    assert (module.peak_flops, module.peak_source) == (2e12, "here")
+
+
+def test_each_batch_starts_the_clock_and_notes_the_learning_rate(tokenizer, monkeypatch):
+    module = module_for(tokenizer)
+    attach(module)
+    started = []
+    monkeypatch.setattr(module.meter, "start", lambda: started.append(True))
+    monkeypatch.setattr(module, "lr_schedulers", lambda: None)
+    module.on_train_batch_start(batch(), 0)
+    assert started == [True] and module._lr is None
+    schedule = SimpleNamespace(get_last_lr=lambda: [0.125, 0.5])  # the first group's
+    monkeypatch.setattr(module, "lr_schedulers", lambda: schedule)
+    module.on_train_batch_start(batch(), 1)
+    assert module._lr == 0.125 and len(started) == 2
+
+
+def test_validation_time_is_not_training_time(tokenizer, monkeypatch):
+    """Validation reads the interval so far, then stops the clock; the end of training reads
+    the last interval."""
+    module = module_for(tokenizer)
+    attach(module)
+    order = []
+    monkeypatch.setattr(module, "_read_meter", lambda: order.append("read"))
+    monkeypatch.setattr(module.meter, "stop", lambda: order.append("stop"))
+    module.on_validation_start()
+    assert order == ["read", "stop"]
+    module.on_train_end()
+    assert order == ["read", "stop", "read"]
+
+
+def test_clipping_goes_to_lightning_off_fsdp(tokenizer, monkeypatch):
+    module = module_for(tokenizer)
+    attach(module)
+    calls = []
+    monkeypatch.setattr(module, "clip_gradients", lambda *args: calls.append(args))
+    optimizer = module.configure_optimizers()
+    module.configure_gradient_clipping(optimizer, 0.5, "value")
+    module.configure_gradient_clipping(optimizer)
+    assert calls == [(optimizer, 0.5, "value"), (optimizer, None, None)]
+
+
+@pytest.mark.parametrize(("pairs", "decoded"), [(True, 5), (False, 2)])
+def test_validation_decodes_as_many_examples_as_its_use_needs(tokenizer, pairs, decoded):
+    """Pair data decode max(num_samples, generation_examples) examples (for BLEU); Text data
+    only the samples shown. Inputs come back without padding, outputs cut at EOS."""
+    settings = EvalConfig(num_samples=2, generation_examples=5, max_new_tokens=3)
+    module = module_for(tokenizer, eval_config=settings, pairs=pairs)
+    batches = [batch(), batch(), batch()]  # 6 rows
+    out = module._decode_examples(batches)
+    assert {len(v) for v in out.values()} == {decoded}
+    assert out["input_ids"][0] == [5, 6, 7] and out["input_ids"][1] == [8, 9, 10, 11]
+    assert all(len(ids) <= 3 and tokenizer.eos_id not in ids for ids in out["prediction_ids"])
+    assert out["targets"][1] == tokenizer.decode([14, 1])  # the ignored label left out
+    assert out["inputs"][0] == tokenizer.decode([5, 6, 7, 0], skip_special_tokens=False)
+
+
+def test_the_probe_shows_its_first_lines_as_a_table(tokenizer, monkeypatch):
+    from s2s.evaluation.masked_lines import MaskedLine
+
+    lines = [MaskedLine("the quick brown fox", 1, 2), MaskedLine("a b|c d", 0, 1)] * 2
+    monkeypatch.setattr(
+        "s2s.evaluation.denoise.denoise_outputs", lambda *_, **__: ["the fox", "x", "y", "z"]
+    )
+    module = module_for(tokenizer, denoise_lines=lines, eval_config=EvalConfig(num_samples=2))
+    texts = []
+    experiment = SimpleNamespace(add_text=lambda *args: texts.append(args))
+    attach(module, global_step=6, logger=SimpleNamespace(experiment=experiment))
+    logged_by(module, monkeypatch)
+    module._denoise_probe()
+    assert len(texts) == 1 and texts[0][0] == "val/masked_lines" and texts[0][2] == 6
+    rows = texts[0][1].split("\n")
+    assert rows[:2] == ["| masked | output | original |", "|---|---|---|"]
+    assert rows[2] == f"| {lines[0].masked} | the fox | the quick brown fox |"
+    assert rows[3].endswith("| x | a b\\|c d |") and len(rows) == 4
