@@ -82,11 +82,14 @@ def test_sentence_permutation_gives_the_sentence_end_table_with_eos(tokenizer):
 
 def test_bart_needs_a_mask_token():
     no_mask = SimpleNamespace(mask_id=None)
-    with pytest.raises(ValueError, match=r"data.objective=bart needs a <mask> token"):
+    with pytest.raises(
+        ValueError, match=r"^data\.objective=bart needs a <mask> token, and the tokenizer has none$"
+    ):
         build_objective(config(objective="bart"), no_mask)
 
 
-def test_the_bart_objective_calls_infilling_with_its_settings(tokenizer):
+@pytest.mark.parametrize("per_line", [True, False])
+def test_the_bart_objective_calls_infilling_with_its_settings(tokenizer, per_line):
     """Its output equals `bart_text_infilling` called by hand with the same settings and
     generator: word starts looked up (the row's first token always begins a word), line
     breaks and sentence ends looked up, random replacements from the non-special ids."""
@@ -96,12 +99,16 @@ def test_the_bart_objective_calls_infilling_with_its_settings(tokenizer):
         poisson_lambda=2.0,
         random_ratio=0.5,
         whole_word=True,
-        within_lines=True,
+        within_lines=per_line,
+        keep_line_breaks=not per_line,
         permute_sentences=True,
     )
-    text = "To be, or not to be. That is\nthe question: whether 'tis nobler\nin the mind."
-    ids = np.array(tokenizer.encode(text))[1:]  # starts inside a word: the lookup marks it
+    text = "To be, or not to be. That is\nthe questionable: whether 'tis nobler\nin the mind."
+    ids = np.array(tokenizer.encode(text))
+    inside = np.flatnonzero(~tokenizer.word_start_table()[ids])[0]
+    ids = ids[inside:]  # the row starts inside a word: the lookup marks its first token
     word_starts = tokenizer.word_start_table()[ids]
+    assert not word_starts[0]
     word_starts[0] = True
     breaks = objective.line_break_table[ids]
     ends = objective.sentence_end_table[ids]
@@ -117,7 +124,7 @@ def test_the_bart_objective_calls_infilling_with_its_settings(tokenizer):
             poisson_lambda=2.0,
             word_starts=word_starts,
             line_breaks=breaks,
-            per_line=True,
+            per_line=per_line,
             sentence_end_mask=ends,
             random_ratio=0.5,
             random_ids=objective.random_ids,
