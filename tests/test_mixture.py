@@ -12,10 +12,15 @@ import pytest
 from s2s.data.config import DataConfig
 from s2s.data.datamodule import S2SDataModule
 from s2s.data.examples import IGNORE_INDEX
-from s2s.data.mixture import DenoiserConfig, default_mixture, mixture_block_length
-from s2s.data.noising import noise_rng, t5_reconstruct
+from s2s.data.mixture import (
+    DenoiserConfig,
+    default_mixture,
+    mixture_block_length,
+    mode_budget,
+)
+from s2s.data.noising import noise_counts, noise_rng, t5_reconstruct
 from s2s.data.objectives import build_objective
-from s2s.data.ul2 import build_mixture
+from s2s.data.ul2 import Denoiser, MixtureObjective, build_mixture, prefix_split
 from s2s.prepare import prepare
 
 # Stand-in ids, no tokenizer needed: mode text -> one id a byte, sentinels, EOS, and row
@@ -264,3 +269,96 @@ def assert_row_restores_the_text(tokenizer, batch, row: int) -> None:
     for part in np.split(restored, ends):
         for piece in tokenizer.decode(part.tolist()).split("\n\n"):
             assert piece.strip() in STORY, (mode, piece)
+
+
+@pytest.mark.parametrize(("length", "cuts"), [(2, {1}), (3, {1, 2}), (10, set(range(1, 10)))])
+def test_a_short_row_is_cut_at_every_place_that_leaves_both_sides_a_token(length, cuts):
+    """At density 0.5 the S cut is uniform over [1, length - 1] (T5's random_prefix_noise_mask):
+    a 2-token row is always cut after its first token."""
+    seen = {prefix_split(length, 0.5, np.random.default_rng(seed)) for seed in range(300)}
+    assert seen == cuts
+    assert prefix_split(1, 0.5, np.random.default_rng(0)) == 1  # too short: stays whole
+    assert prefix_split(0, 0.5, np.random.default_rng(0)) == 0
+
+
+class Draw:
+    """A generator whose `random()` returns a fixed number."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_a_draw_above_rounded_cumulative_weights_takes_the_last_denoiser():
+    """Cumulative weights may end a hair below 1 in floating point: a draw above the last
+    still picks the last denoiser, and a draw on a boundary the next one."""
+    config = DenoiserConfig(1.0, "prefix", 0.5)
+    denoisers = tuple(Denoiser(name, config, np.zeros(0, dtype=np.int64)) for name in "ab")
+    objective = MixtureObjective(denoisers, np.array([0.5, 0.9999]), tuple(SENTINELS), EOS)
+    assert objective.choose(Draw(0.99995)).name == "b"
+    assert objective.choose(Draw(0.25)).name == "a"
+    assert objective.choose(Draw(0.5)).name == "b"
+
+
+def test_examples_are_int64_whatever_the_rows_dtype():
+    objective, block = ul2()
+    ids = np.arange(STREAM, STREAM + block, dtype=np.int32)
+    for denoiser in objective.denoisers:
+        example = objective.apply(denoiser, ids, np.random.default_rng(0))
+        assert example.input_ids.dtype == example.target_ids.dtype == np.int64, denoiser.name
+    no_mode = build_mixture(
+        {"S": DenoiserConfig(1.0, "prefix", 0.5)},
+        encode=encode,
+        sentinel_ids=SENTINELS,
+        eos_id=EOS,
+        block_length=16,
+    )
+    assert no_mode.denoisers[0].mode_ids.dtype == np.int64
+    assert len(no_mode.denoisers[0].mode_ids) == 0
+
+
+def test_a_mode_text_may_take_its_budget_and_no_more():
+    """The rows keep mode_budget = UTF-8 bytes + 1 positions for the mode text; a tokenizer
+    that makes more tokens of it is refused, naming the key and both counts."""
+    mixture = {"S": DenoiserConfig(1.0, "prefix", 0.5, mode="[S2S]")}
+    assert mode_budget(mixture["S"]) == 6
+    for extra, ok in ((1, True), (2, False)):
+
+        def encode_long(text, extra=extra):
+            return [7] * (len(text.encode("utf-8")) + extra)
+
+        def build(encode_long=encode_long):
+            return build_mixture(
+                mixture, encode=encode_long, sentinel_ids=SENTINELS, eos_id=EOS, block_length=16
+            )
+
+        if ok:
+            assert len(build().denoisers[0].mode_ids) == 6
+            continue
+        message = (
+            r"^data\.noise\.mixture\.S\.mode='\[S2S\]' encodes to 7 tokens, more than the 6 "
+            r"its rows keep room for: shorten it$"
+        )
+        with pytest.raises(ValueError, match=message):
+            build()
+
+
+def test_exactly_as_many_sentinels_as_spans_is_enough():
+    mixture = {"R": DenoiserConfig(1.0, "spans", 0.15, 3.0)}
+    spans = noise_counts(200, 0.15, 3.0)[1]
+    assert spans == 10  # round(200 * 0.15) = 30 noise tokens in round(30 / 3) spans
+
+    def build(n: int):
+        return build_mixture(
+            mixture, encode=encode, sentinel_ids=SENTINELS[:n], eos_id=EOS, block_length=200
+        )
+
+    assert build(spans).sentinel_ids == tuple(SENTINELS[:spans])
+    message = (
+        r"^data\.noise\.mixture\.R makes up to 10 noise spans per row, but the tokenizer has 9 "
+        r"sentinels: raise data\.tokenizer\.num_sentinels$"
+    )
+    with pytest.raises(ValueError, match=message):
+        build(spans - 1)
