@@ -23,6 +23,7 @@ from s2s.lit_module import (
     EvalConfig,
     Seq2SeqLitModule,
     _cell,
+    copy_accuracy,
 )
 from s2s.optim import adamw
 from s2s.throughput import Reading
@@ -55,12 +56,21 @@ def attach(module: Seq2SeqLitModule, **state) -> SimpleNamespace:
     return trainer
 
 
-def logged_by(module: Seq2SeqLitModule, monkeypatch) -> dict[str, float]:
+class Logged(dict):
+    """What `module.log` received: key -> value, and `.kwargs[key]` the options it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kwargs: dict[str, dict] = {}
+
+
+def logged_by(module: Seq2SeqLitModule, monkeypatch) -> Logged:
     """What `module.log` receives, key -> value (and key + "/batch_size" when one is given)."""
-    logged: dict[str, float] = {}
+    logged = Logged()
 
     def log(key, value, **kwargs):
         logged[key] = float(value.detach() if isinstance(value, torch.Tensor) else value)
+        logged.kwargs[key] = kwargs
         if "batch_size" in kwargs:
             logged[key + "/batch_size"] = kwargs["batch_size"]
 
@@ -582,3 +592,386 @@ def test_the_probe_shows_its_first_lines_as_a_table(tokenizer, monkeypatch):
     assert rows[:2] == ["| masked | output | original |", "|---|---|---|"]
     assert rows[2] == f"| {lines[0].masked} | the fox | the quick brown fox |"
     assert rows[3].endswith("| x | a b\\|c d |") and len(rows) == 4
+
+
+# -- what each log is given -----------------------------------------------------------------
+
+
+def one_hot_loss(module, monkeypatch, predicted: torch.Tensor) -> None:
+    """`module.loss` answers a fixed loss and logits whose argmax is `predicted` (B, T)."""
+    logits = torch.nn.functional.one_hot(predicted, 20).float()
+    monkeypatch.setattr(module, "loss", lambda batch: (torch.tensor(0.75), logits))
+
+
+def test_validation_accuracy_hand_worked_and_synced_over_devices(tokenizer, monkeypatch):
+    """Labels [[12, 13, 1], [14, 1, P]]: predictions right on 12, 1 and 14 -> 3 of 5 real
+    tokens. Both values are token-weighted means over every device (sync_dist); the loss is
+    also on the progress bar."""
+    module = module_for(tokenizer)
+    attach(module, training=False)
+    logged = logged_by(module, monkeypatch)
+    one_hot_loss(module, monkeypatch, torch.tensor([[12, 0, 1], [14, 0, 5]]))
+    module.validation_step(batch(), 0)
+    assert logged["val/loss"] == 0.75 and logged["val/token_acc"] == pytest.approx(3 / 5)
+    assert logged.kwargs["val/loss"] == {"batch_size": 5, "sync_dist": True, "prog_bar": True}
+    assert logged.kwargs["val/token_acc"] == {"batch_size": 5, "sync_dist": True}
+
+
+def test_validation_keeps_batches_until_they_hold_the_rows_to_decode(tokenizer, monkeypatch):
+    settings = EvalConfig(num_samples=1, generation_examples=4)  # 2 batches of 2 rows
+    module = module_for(tokenizer, eval_config=settings)
+    attach(module, training=False)
+    logged_by(module, monkeypatch)
+    for index in range(4):
+        module.validation_step(batch(), index)
+    assert len(module._val_batches) == 2
+    assert torch.equal(module._val_batches[1]["labels"], batch()["labels"])
+
+
+def test_the_training_loss_is_logged_as_computed(tokenizer, monkeypatch):
+    module = module_for(tokenizer)
+    attach(module)
+    logged = logged_by(module, monkeypatch)
+    loss = module.training_step(batch(), 0)
+    assert logged["train/loss"] == float(loss.detach())
+
+
+def test_the_first_step_is_a_logging_step(tokenizer, monkeypatch):
+    module = module_for(tokenizer)
+    attach(module, log_every_n_steps=1, global_step=1)
+    logged = logged_by(module, monkeypatch)
+    reading(module, monkeypatch, tokens=8, positions=8, flops=1.0, seconds=1.0, loss=2.0)
+    module.on_train_batch_end(None, batch(), 0)
+    assert logged["train/tokens_per_sec"] == 8.0
+
+
+def test_reading_the_meter_adds_the_seconds(tokenizer, monkeypatch):
+    module = module_for(tokenizer)
+    interval = Reading(tokens=3, positions=4, flops=5.0, seconds=1.5, loss=None)
+    monkeypatch.setattr(module.meter, "read", lambda device: interval)
+    module._read_meter()
+    module._read_meter()
+    assert (module.throughput.tokens, module.throughput.flops) == (6, 10.0)
+    assert module.throughput.seconds == 3.0
+
+
+def test_copy_accuracy_of_one_real_token():
+    logits = torch.nn.functional.one_hot(torch.tensor([[4, 0]]), 6).float()
+    assert float(copy_accuracy(logits, torch.tensor([[4, P]]))) == 1.0
+
+
+def test_warmup_reports_are_worded_for_the_log(tokenizer, caplog):
+    module = module_for(tokenizer, copy_warmup=CopyWarmup(steps=30, until=0.8))
+    module._copy_scores, module._warmup_end = [0.7, 0.9], 7
+    with caplog.at_level(logging.INFO, logger="s2s.lit_module"):
+        module._report_warmup()
+        module._copy_scores, module._warmup_end, module._warmup_reported = [0.25], None, False
+        module._report_warmup()
+    assert [r.getMessage() for r in caplog.records] == [
+        "copy warm-up done after 7 steps: copies 80% of its tokens; training on the data from "
+        "now on",
+        "copy warm-up: 30 steps (copy_warmup.steps) and the model copies only 25% of its tokens "
+        "(wanted: 80%): it may not learn to copy its input; more copy_warmup.steps, another seed "
+        "or a larger model.init_std may",
+    ]
+
+
+# -- the end of a validation: decoding, scores, samples, pictures, the probe -----------------
+
+
+def validation_end(tokenizer, monkeypatch, *, pairs=True, step=3, **state):
+    """A module after a validation pass of 3 batches, with its logs and a writer recording
+    text and figures."""
+    settings = EvalConfig(num_samples=2, generation_examples=3, max_new_tokens=3)
+    module = module_for(tokenizer, eval_config=settings, pairs=pairs, **state.pop("module", {}))
+    written = []
+    experiment = SimpleNamespace(
+        add_text=lambda tag, text, step: written.append(("text", tag, step)),
+        add_figure=lambda tag, figure, step, close: written.append(("figure", tag, step)),
+    )
+    metrics = {"val/loss": torch.tensor(1.0), "val/token_acc": torch.tensor(0.5)}
+    defaults = {"callback_metrics": metrics, "logger": SimpleNamespace(experiment=experiment)}
+    attach(module, global_step=step, **(defaults | state))
+    module._val_batches = [batch(), batch(), batch()]
+    monkeypatch.setattr("s2s.evaluation.attention_maps.attention_figure", lambda *args: "a figure")
+    return module, logged_by(module, monkeypatch), written
+
+
+def test_pairs_are_scored_on_the_decoded_examples(tokenizer, monkeypatch):
+    """BLEU, chrF and ROUGE of the first generation_examples outputs against their targets,
+    logged from rank zero; the samples table and the cross-attention picture written."""
+    from s2s.metrics import corpus_scores
+
+    module, logged, written = validation_end(tokenizer, monkeypatch)
+    outputs = module._decode_examples([batch(), batch()])
+    expected = corpus_scores(outputs["predictions"][:3], outputs["targets"][:3])
+    module.on_validation_epoch_end()
+    for key, score in expected.items():
+        assert logged[f"val/{key}"] == pytest.approx(score), key
+        assert logged.kwargs[f"val/{key}"] == {"rank_zero_only": True}
+    assert logged.kwargs["val/ppl"] == {"sync_dist": True}
+    assert written == [("text", "val/samples", 3), ("figure", "val/cross_attention/0", 3)]
+    assert module._val_batches == []
+
+
+def test_text_data_get_no_pair_scores(tokenizer, monkeypatch):
+    module, logged, written = validation_end(tokenizer, monkeypatch, pairs=False)
+    module.on_validation_epoch_end()
+    assert "val/bleu" not in logged and written[0] == ("text", "val/samples", 3)
+
+
+def test_the_sanity_check_decodes_nothing(tokenizer, monkeypatch):
+    module, logged, written = validation_end(tokenizer, monkeypatch, sanity_checking=True)
+    module.on_validation_epoch_end()
+    assert written == [] and "val/bleu" not in logged and "val/ppl" in logged
+
+
+def test_only_rank_zero_runs_the_probe(tokenizer, monkeypatch):
+    from s2s.evaluation.masked_lines import MaskedLine
+
+    lines = [MaskedLine("the quick brown fox", 1, 2)]
+    for zero in (True, False):
+        module, _, _ = validation_end(
+            tokenizer,
+            monkeypatch,
+            pairs=False,
+            is_global_zero=zero,
+            module={"denoise_lines": lines},
+        )
+        probes = []
+        monkeypatch.setattr(module, "_denoise_probe", lambda probes=probes: probes.append(1))
+        module.on_validation_epoch_end()
+        assert probes == ([1] if zero else [])
+    module, _, _ = validation_end(tokenizer, monkeypatch, pairs=False)  # no masked lines
+    monkeypatch.setattr(module, "_denoise_probe", lambda: probes.append(2))
+    module.on_validation_epoch_end()
+    assert 2 not in probes
+
+
+def test_under_fsdp_validation_decodes_nothing_and_says_so_once(tokenizer, monkeypatch, caplog):
+    module, logged, written = validation_end(tokenizer, monkeypatch)
+    monkeypatch.setattr("s2s.lit_module.fsdp_root", lambda model: model)  # a root FSDP unit
+    with caplog.at_level(logging.INFO, logger="s2s.lit_module"):
+        module.on_validation_epoch_end()
+        module._val_batches = [batch()]
+        module.on_validation_epoch_end()
+    assert written == [] and "val/bleu" not in logged
+    said = [r.getMessage() for r in caplog.records if "trainer=fsdp" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(
+        "trainer=fsdp: validation computes val/loss, val/ppl and val/token_acc only"
+    )
+    module._trainer.is_global_zero = False
+    assert module._can_decode() is False
+
+
+@pytest.mark.parametrize(
+    ("step", "sanity", "line"),
+    [
+        (7, True, "step 7 (sanity check): val/loss 1.2500, val/token_acc nan"),
+        (0, True, "step 0 (before training): val/loss 1.2500, val/token_acc nan"),
+        (9, False, "step 9: val/loss 1.2500, val/token_acc nan"),
+    ],
+)
+def test_the_validation_line_word_for_word(tokenizer, monkeypatch, caplog, step, sanity, line):
+    module = module_for(tokenizer)
+    metrics = {"val/loss": torch.tensor(1.25)}  # no token accuracy: nan
+    attach(module, global_step=step, sanity_checking=sanity, callback_metrics=metrics)
+    logged_by(module, monkeypatch)
+    with caplog.at_level(logging.INFO, logger="s2s.lit_module"):
+        module.on_validation_epoch_end()
+    assert [r.getMessage() for r in caplog.records] == [line]
+
+
+def test_attention_pictures_skip_empty_examples_and_stop_without_matplotlib(
+    tokenizer, monkeypatch, caplog
+):
+    from s2s.evaluation.attention_maps import MissingMatplotlib
+
+    module, _, written = validation_end(tokenizer, monkeypatch)
+    module.eval_config = EvalConfig(attention_maps=3)
+    made = []
+    monkeypatch.setattr(
+        "s2s.evaluation.attention_maps.attention_figure",
+        lambda model, tok, source, output: made.append((source, output)) or "a figure",
+    )
+    outputs = {"input_ids": [[5, 6], [], [7], [8]], "prediction_ids": [[9], [9], [], [10, 11]]}
+    module._write_attention_maps(outputs)
+    assert made == [([5, 6], [9])]  # the 2nd and 3rd are empty, the 4th is past 3
+    assert written == [("figure", "val/cross_attention/0", 3)]
+
+    def missing(*args):
+        raise MissingMatplotlib("matplotlib is not installed")
+
+    monkeypatch.setattr("s2s.evaluation.attention_maps.attention_figure", missing)
+    with caplog.at_level(logging.INFO, logger="s2s.lit_module"):
+        module._write_attention_maps(outputs)
+    assert module.eval_config.attention_maps == 0
+    assert caplog.records[0].getMessage() == (
+        "no cross-attention pictures in TensorBoard: matplotlib is not installed"
+    )
+    # off rank zero, or with no figure writer, or none asked for: nothing drawn
+    module.eval_config = EvalConfig(attention_maps=3)
+    monkeypatch.setattr(
+        "s2s.evaluation.attention_maps.attention_figure", lambda *args: made.append(1)
+    )
+    module._trainer.is_global_zero = False
+    module._write_attention_maps(outputs)
+    module._trainer.is_global_zero = True
+    module._trainer.logger = SimpleNamespace(experiment=SimpleNamespace())
+    module._write_attention_maps(outputs)
+    module.eval_config = EvalConfig(attention_maps=0)
+    module._trainer.logger = SimpleNamespace(experiment=SimpleNamespace(add_figure=print))
+    module._write_attention_maps(outputs)
+    assert made == [([5, 6], [9])]
+
+
+def test_samples_need_a_text_writer_and_a_count(tokenizer):
+    outputs = {"inputs": ["a"], "predictions": ["b"], "targets": ["c"]}
+    module = module_for(tokenizer, eval_config=EvalConfig(num_samples=2))
+    attach(module, logger=None)
+    module._write_samples(outputs)  # no logger: nothing, no error
+    module._trainer.logger = SimpleNamespace(experiment=SimpleNamespace())  # no add_text
+    module._write_samples(outputs)
+    texts = []
+    experiment = SimpleNamespace(add_text=lambda *args: texts.append(args))
+    module._trainer.logger = SimpleNamespace(experiment=experiment)
+    module.eval_config = EvalConfig(num_samples=0)
+    module._write_samples(outputs)
+    assert texts == []
+
+
+def test_the_probe_scores_this_model_with_the_framings_bos(tokenizer, monkeypatch, caplog):
+    from s2s.checkpoint import Framing
+    from s2s.evaluation.masked_lines import DenoiseScores, MaskedLine
+
+    lines = [MaskedLine("the quick brown fox", 1, 2)]
+    asked = []
+
+    def evaluate(model, tok, probe_lines, *, add_bos):
+        asked.append((model, tok, probe_lines, add_bos))
+        return DenoiseScores(copy_rate=0.5, fill_rate=0.25, chrf=61.04, lines=1), ["the fox"]
+
+    monkeypatch.setattr("s2s.evaluation.denoise.evaluate_denoising", evaluate)
+    for framing, bos in (
+        (None, False),
+        (Framing(add_bos=False), False),
+        (Framing(add_bos=True), True),
+    ):
+        module = module_for(
+            tokenizer, denoise_lines=lines, framing=framing, eval_config=EvalConfig(num_samples=0)
+        )
+        texts = []
+        experiment = SimpleNamespace(add_text=lambda *args, texts=texts: texts.append(args))
+        attach(module, global_step=12, logger=SimpleNamespace(experiment=experiment))
+        logged = logged_by(module, monkeypatch)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="s2s.lit_module"):
+            module._denoise_probe()
+        assert asked[-1] == (module.model, tokenizer, lines, bos)
+        assert texts == []  # num_samples=0: no table
+    assert {k: logged.kwargs[k] for k in ("val/copy_rate", "val/fill_rate", "val/chrf")} == {
+        k: {"rank_zero_only": True} for k in ("val/copy_rate", "val/fill_rate", "val/chrf")
+    }
+    assert [r.getMessage() for r in caplog.records] == [
+        "step 12: masked lines: copy 50.0%, fill 25.0%, chrF 61.0"
+    ]
+
+
+# -- optimiser, clipping and checkpoints under FSDP and the rest ------------------------------
+
+
+class Root:
+    """A stand-in for the root FSDP unit: it clips the norm over every rank's shard itself."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.clipped: list[float] = []
+
+    def clip_grad_norm_(self, value: float) -> None:
+        self.clipped.append(value)
+
+
+def test_under_fsdp_norm_clipping_is_fsdps_own(tokenizer, monkeypatch):
+    module = module_for(tokenizer)
+    root = Root(module)
+    attach(module, model=root)
+    monkeypatch.setattr("s2s.lit_module.fsdp_root", lambda model: model if model is root else None)
+    lightning = []
+    monkeypatch.setattr(module, "clip_gradients", lambda *args: lightning.append(args))
+    module.configure_gradient_clipping("opt", 0.5, None)  # the default algorithm: norm
+    module.configure_gradient_clipping("opt", 0.25, "norm")
+    assert root.clipped == [0.5, 0.25] and lightning == []
+    module.configure_gradient_clipping("opt", 0.5, "value")
+    module.configure_gradient_clipping("opt", None, None)  # no clipping asked
+    assert lightning == [("opt", 0.5, "value"), ("opt", None, None)]
+    assert root.clipped == [0.5, 0.25]
+
+
+def test_under_fsdp_the_optimiser_sees_the_root_unit(tokenizer, monkeypatch):
+    seen = []
+
+    def factory(model, **kwargs):
+        seen.append(model)
+        return torch.optim.SGD(module.model.parameters(), lr=0.1)
+
+    module = Seq2SeqLitModule(tiny_model(tokenizer.vocab_size), tokenizer, optimizer=factory)
+    root = Root(module)
+    attach(module, model=root)
+    monkeypatch.setattr("s2s.lit_module.fsdp_root", lambda model: model if model is root else None)
+    module.configure_optimizers()
+    attach(module)  # not FSDP: the model itself
+    module.configure_optimizers()
+    assert seen == [root, module.model]
+
+
+def test_an_optimiser_without_amp_scaling_is_built_once(tokenizer):
+    """Only an optimizer that unscales gradients itself (fused AdamW) is rebuilt for clipping
+    under mixed precision; plain SGD is kept as the factory made it."""
+    calls = []
+
+    def factory(model, **kwargs):
+        calls.append(kwargs)
+        return torch.optim.SGD(model.parameters(), lr=0.1)
+
+    module = Seq2SeqLitModule(tiny_model(tokenizer.vocab_size), tokenizer, optimizer=factory)
+    attach(module, gradient_clip_val=1.0, precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
+    module.configure_optimizers()
+    assert calls == [{}]
+
+
+def test_the_fused_kernel_gives_way_with_a_message(tokenizer, caplog):
+    module = module_for(tokenizer)
+    attach(module, gradient_clip_val=1.0, precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
+    with caplog.at_level(logging.INFO, logger="s2s.lit_module"):
+        module.configure_optimizers()
+    assert [r.getMessage() for r in caplog.records] == [
+        "mixed precision with gradient clipping: AdamW without its fused kernel"
+    ]
+    assert module_for(tokenizer).configure_optimizers().defaults["fused"] is True  # no trainer
+
+
+def test_checkpoints_record_the_framing(tokenizer):
+    from s2s.checkpoint import Framing
+
+    module = module_for(tokenizer, framing=Framing(max_source_length=64, add_bos=True))
+    attach(module)
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["s2s"]["framing"]["max_source_length"] == 64
+    assert checkpoint["s2s"]["framing"]["add_bos"] is True
+
+
+def test_the_constructor_keeps_what_it_is_given(tokenizer):
+    from s2s.data.synthetic import copyable_ids
+
+    module = module_for(tokenizer)
+    assert module.pairs is False and module.seed == 0 and module.framing is None
+    assert (module.tokens_before, module.peak_source, module._said_no_decoding) == (0, "", False)
+    assert module._forward is module.model
+    limited = module_for(tokenizer, copy_warmup=CopyWarmup(steps=1, vocab=5))
+    assert limited._copyable.tolist() == copyable_ids(tokenizer, 5).tolist()
+    assert len(limited._copyable) == 5
+    compiled = module_for(tokenizer, compile=True)
+    assert compiled._forward is not compiled.model
+    assert compiled._forward._orig_mod is compiled.model  # torch.compile's wrapper
+    assert list(compiled.state_dict()) == list(module.state_dict())  # plain model.* keys
