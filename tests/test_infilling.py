@@ -5,8 +5,6 @@ hand-worked main cases are in test_noising.py."""
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
 
@@ -158,9 +156,63 @@ def test_mask_ratio_and_lambda_are_checked(kwargs, ok):
 
 
 def test_the_defaults_are_barts():
-    """Lewis et al. 2020, Sec. 5.1: 30% of tokens masked, span lengths Poisson(lambda = 3)."""
-    defaults = inspect.signature(bart_text_infilling).parameters
-    assert defaults["mask_ratio"].default == 0.3 and defaults["poisson_lambda"].default == 3.0
+    """Lewis et al. 2020, Sec. 5.1: 30% of tokens masked, span lengths Poisson(lambda = 3):
+    the defaults give what those settings give, draw for draw."""
+    ids = np.arange(10, 110)
+    for seed in range(5):
+        default = bart_text_infilling(
+            ids, mask_id=MASK, eos_id=EOS, rng=np.random.default_rng(seed)
+        )
+        bart = bart_text_infilling(
+            ids,
+            mask_id=MASK,
+            eos_id=EOS,
+            rng=np.random.default_rng(seed),
+            mask_ratio=0.3,
+            poisson_lambda=3.0,
+        )
+        assert np.array_equal(default.input_ids, bart.input_ids)
+
+
+def test_infilling_spans_are_per_line_by_default():
+    breaks = np.zeros(40, dtype=bool)
+    breaks[[9, 19, 29]] = True
+    for seed in range(10):
+        spans = [
+            infilling_spans(
+                40,
+                mask_ratio=0.4,
+                poisson_lambda=3.0,
+                rng=np.random.default_rng(seed),
+                line_breaks=breaks,
+                **kwargs,
+            )
+            for kwargs in ({}, {"per_line": True})
+        ]
+        assert np.array_equal(spans[0].starts, spans[1].starts)
+        assert np.array_equal(spans[0].lengths, spans[1].lengths)
+    # and per_line=False differs for some seed (so the comparison above can fail)
+    differs = [
+        not np.array_equal(
+            infilling_spans(
+                40,
+                mask_ratio=0.4,
+                poisson_lambda=3.0,
+                rng=np.random.default_rng(s),
+                line_breaks=breaks,
+            ).starts,
+            infilling_spans(
+                40,
+                mask_ratio=0.4,
+                poisson_lambda=3.0,
+                rng=np.random.default_rng(s),
+                line_breaks=breaks,
+                per_line=False,
+            ).starts,
+        )
+        for s in range(10)
+    ]
+    assert any(differs)
 
 
 class ShortDraws:
