@@ -107,7 +107,7 @@ def test_eval_attention_maps_and_max_new_tokens_are_checked():
 
 def test_eval_metrics_are_checked_and_named():
     assert EvalConfig(metrics=["bleu"]).metrics == ("bleu",)
-    with pytest.raises(ValueError, match=r"eval\.metrics"):
+    with pytest.raises(ValueError, match=r"^eval\.metrics: unknown metric 'meteor'"):
         EvalConfig(metrics=["bleu", "meteor"])
 
 
@@ -665,12 +665,12 @@ def test_warmup_reports_are_worded_for_the_log(tokenizer, caplog):
     module._copy_scores, module._warmup_end = [0.7, 0.9], 7
     with caplog.at_level(logging.INFO, logger="s2s.lit_module"):
         module._report_warmup()
-        module._copy_scores, module._warmup_end, module._warmup_reported = [0.25], None, False
+        module._copy_scores, module._warmup_end, module._warmup_reported = [0.7], None, False
         module._report_warmup()
     assert [r.getMessage() for r in caplog.records] == [
         "copy warm-up done after 7 steps: copies 80% of its tokens; training on the data from "
         "now on",
-        "copy warm-up: 30 steps (copy_warmup.steps) and the model copies only 25% of its tokens "
+        "copy warm-up: 30 steps (copy_warmup.steps) and the model copies only 70% of its tokens "
         "(wanted: 80%): it may not learn to copy its input; more copy_warmup.steps, another seed "
         "or a larger model.init_std may",
     ]
@@ -687,7 +687,10 @@ def validation_end(tokenizer, monkeypatch, *, pairs=True, step=3, **state):
     written = []
     experiment = SimpleNamespace(
         add_text=lambda tag, text, step: written.append(("text", tag, step)),
-        add_figure=lambda tag, figure, step, close: written.append(("figure", tag, step)),
+        # figures are pyplot-free: nothing for TensorBoard to close (close=False)
+        add_figure=lambda tag, figure, step, close: written.append(
+            ("figure", tag, step) if (figure == "a figure" and close is False) else (figure, close)
+        ),
     )
     metrics = {"val/loss": torch.tensor(1.0), "val/token_acc": torch.tensor(0.5)}
     defaults = {"callback_metrics": metrics, "logger": SimpleNamespace(experiment=experiment)}
@@ -698,7 +701,7 @@ def validation_end(tokenizer, monkeypatch, *, pairs=True, step=3, **state):
 
 
 def test_pairs_are_scored_on_the_decoded_examples(tokenizer, monkeypatch):
-    """BLEU, chrF and ROUGE of the first generation_examples outputs against their targets,
+    """The asked metrics of the first generation_examples outputs against their targets,
     logged from rank zero; the samples table and the cross-attention picture written."""
     from s2s.metrics import corpus_scores
 
@@ -712,6 +715,32 @@ def test_pairs_are_scored_on_the_decoded_examples(tokenizer, monkeypatch):
     assert logged.kwargs["val/ppl"] == {"sync_dist": True}
     assert written == [("text", "val/samples", 3), ("figure", "val/cross_attention/0", 3)]
     assert module._val_batches == []
+
+
+def test_pair_scores_are_of_the_first_examples_against_their_targets(tokenizer, monkeypatch):
+    """Outputs with partial overlap, so the scores depend on which is the output and which
+    the reference (BLEU's brevity penalty, chrF's recall weight) and on how many are scored:
+    4 decoded for the samples, the first 2 scored, bleu and chrf only."""
+    from s2s.metrics import corpus_scores
+
+    module, logged, _ = validation_end(tokenizer, monkeypatch)
+    module.eval_config = EvalConfig(num_samples=4, generation_examples=2, metrics=["bleu", "chrf"])
+    outputs = {
+        "inputs": ["a"] * 4,
+        "predictions": ["the cat sat", "a dog ran far away", "no", "no"],
+        "targets": ["the cat sat on the mat", "a dog ran far", "yes", "yes"],
+        "input_ids": [[5]] * 4,
+        "prediction_ids": [[6]] * 4,
+    }
+    monkeypatch.setattr(module, "_decode_examples", lambda batches: outputs)
+    module.on_validation_epoch_end()
+    expected = corpus_scores(outputs["predictions"][:2], outputs["targets"][:2], ["bleu", "chrf"])
+    swapped = corpus_scores(outputs["targets"][:2], outputs["predictions"][:2], ["bleu", "chrf"])
+    every = corpus_scores(outputs["predictions"], outputs["targets"], ["bleu", "chrf"])
+    assert expected != swapped and expected != every and expected["bleu"] > 0
+    assert {k: logged[k] for k in logged if k.startswith("val/") and k != "val/ppl"} == {
+        f"val/{key}": pytest.approx(score) for key, score in expected.items()
+    }
 
 
 def test_text_data_get_no_pair_scores(tokenizer, monkeypatch):
@@ -757,9 +786,11 @@ def test_under_fsdp_validation_decodes_nothing_and_says_so_once(tokenizer, monke
         module.on_validation_epoch_end()
     assert written == [] and "val/bleu" not in logged
     said = [r.getMessage() for r in caplog.records if "trainer=fsdp" in r.getMessage()]
-    assert len(said) == 1 and said[0].startswith(
-        "trainer=fsdp: validation computes val/loss, val/ppl and val/token_acc only"
-    )
+    assert said == [
+        "trainer=fsdp: validation computes val/loss, val/ppl and val/token_acc only (no "
+        "samples, BLEU / chrF / ROUGE, attention maps or masked-line probe: the weights are "
+        "sharded); evaluate the saved checkpoint for those"
+    ]
     module._trainer.is_global_zero = False
     assert module._can_decode() is False
 
@@ -788,16 +819,26 @@ def test_attention_pictures_skip_empty_examples_and_stop_without_matplotlib(
     from s2s.evaluation.attention_maps import MissingMatplotlib
 
     module, _, written = validation_end(tokenizer, monkeypatch)
-    module.eval_config = EvalConfig(attention_maps=3)
+    module.eval_config = EvalConfig(attention_maps=4)
     made = []
-    monkeypatch.setattr(
-        "s2s.evaluation.attention_maps.attention_figure",
-        lambda model, tok, source, output: made.append((source, output)) or "a figure",
-    )
-    outputs = {"input_ids": [[5, 6], [], [7], [8]], "prediction_ids": [[9], [9], [], [10, 11]]}
+
+    def figure(model, tok, source, output):
+        assert model is module.model and tok is tokenizer
+        made.append((source, output))
+        return "a figure"
+
+    monkeypatch.setattr("s2s.evaluation.attention_maps.attention_figure", figure)
+    outputs = {
+        "input_ids": [[5, 6], [], [7], [8], [12]],
+        "prediction_ids": [[9], [9], [], [10, 11], [13]],
+    }
     module._write_attention_maps(outputs)
-    assert made == [([5, 6], [9])]  # the 2nd and 3rd are empty, the 4th is past 3
-    assert written == [("figure", "val/cross_attention/0", 3)]
+    assert made == [([5, 6], [9]), ([8], [10, 11])]  # the 2nd and 3rd empty, the 5th past 4
+    assert written == [
+        ("figure", "val/cross_attention/0", 3),
+        ("figure", "val/cross_attention/3", 3),
+    ]
+    made.clear()
 
     def missing(*args):
         raise MissingMatplotlib("matplotlib is not installed")
@@ -814,6 +855,9 @@ def test_attention_pictures_skip_empty_examples_and_stop_without_matplotlib(
     monkeypatch.setattr(
         "s2s.evaluation.attention_maps.attention_figure", lambda *args: made.append(1)
     )
+    module._trainer.logger = None  # no logger at all
+    module._write_attention_maps(outputs)
+    module._trainer.logger = SimpleNamespace(experiment=SimpleNamespace(add_figure=print))
     module._trainer.is_global_zero = False
     module._write_attention_maps(outputs)
     module._trainer.is_global_zero = True
@@ -822,7 +866,7 @@ def test_attention_pictures_skip_empty_examples_and_stop_without_matplotlib(
     module.eval_config = EvalConfig(attention_maps=0)
     module._trainer.logger = SimpleNamespace(experiment=SimpleNamespace(add_figure=print))
     module._write_attention_maps(outputs)
-    assert made == [([5, 6], [9])]
+    assert made == []
 
 
 def test_samples_need_a_text_writer_and_a_count(tokenizer):
