@@ -88,24 +88,26 @@ def test_spans_are_per_line_unless_asked_otherwise():
     assert lines_masked[False] < 12
 
 
+def seeded_spans(n: int, seed: int, mask_ratio: float, **kwargs) -> Spans:
+    """`infilling_spans` of an n-token text at lambda 3 with a fresh generator of `seed`."""
+    rng = np.random.default_rng(seed)
+    return infilling_spans(n, mask_ratio=mask_ratio, poisson_lambda=3.0, rng=rng, **kwargs)
+
+
+def same_spans(a: Spans, b: Spans) -> bool:
+    return np.array_equal(a.starts, b.starts) and np.array_equal(a.lengths, b.lengths)
+
+
 def test_line_breaks_given_as_integers_act_as_flags():
     breaks = np.zeros(30, dtype=np.int64)
     breaks[[7, 15, 22]] = 1
     for per_line in (True, False):
         for seed in range(10):
-            spans = [
-                infilling_spans(
-                    30,
-                    mask_ratio=0.5,
-                    poisson_lambda=3.0,
-                    rng=np.random.default_rng(seed),
-                    line_breaks=flags,
-                    per_line=per_line,
-                )
+            as_ints, as_bools = (
+                seeded_spans(30, seed, 0.5, line_breaks=flags, per_line=per_line)
                 for flags in (breaks, breaks.astype(bool))
-            ]
-            assert np.array_equal(spans[0].starts, spans[1].starts)
-            assert np.array_equal(spans[0].lengths, spans[1].lengths)
+            )
+            assert same_spans(as_ints, as_bools)
 
 
 @pytest.mark.parametrize("per_line", [True, False])
@@ -178,41 +180,16 @@ def test_infilling_spans_are_per_line_by_default():
     breaks = np.zeros(40, dtype=bool)
     breaks[[9, 19, 29]] = True
     for seed in range(10):
-        spans = [
-            infilling_spans(
-                40,
-                mask_ratio=0.4,
-                poisson_lambda=3.0,
-                rng=np.random.default_rng(seed),
-                line_breaks=breaks,
-                **kwargs,
-            )
-            for kwargs in ({}, {"per_line": True})
-        ]
-        assert np.array_equal(spans[0].starts, spans[1].starts)
-        assert np.array_equal(spans[0].lengths, spans[1].lengths)
+        default = seeded_spans(40, seed, 0.4, line_breaks=breaks)
+        assert same_spans(default, seeded_spans(40, seed, 0.4, line_breaks=breaks, per_line=True))
     # and per_line=False differs for some seed (so the comparison above can fail)
-    differs = [
+    assert any(
         not np.array_equal(
-            infilling_spans(
-                40,
-                mask_ratio=0.4,
-                poisson_lambda=3.0,
-                rng=np.random.default_rng(s),
-                line_breaks=breaks,
-            ).starts,
-            infilling_spans(
-                40,
-                mask_ratio=0.4,
-                poisson_lambda=3.0,
-                rng=np.random.default_rng(s),
-                line_breaks=breaks,
-                per_line=False,
-            ).starts,
+            seeded_spans(40, seed, 0.4, line_breaks=breaks).starts,
+            seeded_spans(40, seed, 0.4, line_breaks=breaks, per_line=False).starts,
         )
-        for s in range(10)
-    ]
-    assert any(differs)
+        for seed in range(10)
+    )
 
 
 class ShortDraws:
