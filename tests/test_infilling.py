@@ -113,14 +113,7 @@ def test_line_breaks_given_as_integers_act_as_flags():
 @pytest.mark.parametrize("per_line", [True, False])
 def test_a_text_of_line_breaks_only_is_left_as_it_is(per_line):
     breaks = np.ones(4, dtype=bool)
-    spans = infilling_spans(
-        4,
-        mask_ratio=0.5,
-        poisson_lambda=3.0,
-        rng=np.random.default_rng(0),
-        line_breaks=breaks,
-        per_line=per_line,
-    )
+    spans = seeded_spans(4, 0, 0.5, line_breaks=breaks, per_line=per_line)
     assert spans.starts.tolist() == [] and spans.lengths.tolist() == []
     assert spans.starts.dtype.kind == spans.lengths.dtype.kind == "i"
     ids = np.array([9, 9, 9, 9])
